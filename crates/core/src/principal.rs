@@ -1,0 +1,68 @@
+//! Who is calling, and the tenant scope that proves a tenant was authorised.
+//!
+//! A [`TenantScope`] is the only way store calls on tenant data are written. It is made by the
+//! guard after authentication and authorisation ([`TenantScope::authorized`]), or by the CLI,
+//! which runs with the operator's authority on the local store ([`TenantScope::operator_cli`]).
+use crate::ids::{KeyId, TenantId, UserId};
+use crate::rbac::Role;
+use serde::Serialize;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrincipalKind {
+    /// Platform operator (password login).
+    Operator,
+    /// Tenant user (password login).
+    User,
+    /// API key.
+    ApiKey,
+    /// JWT bearer token from a configured issuer.
+    Jwt,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Principal {
+    pub kind: PrincipalKind,
+    /// Stable identifier of the caller as written in the audit log (`user_id` field).
+    pub id: String,
+    /// `None` only for operators.
+    pub tenant_id: Option<TenantId>,
+    /// `None` only for operators.
+    pub role: Option<Role>,
+    pub key_id: Option<KeyId>,
+    pub user_id: Option<UserId>,
+    /// Session token id when the principal logged in with a password.
+    pub session_id: Option<String>,
+}
+
+impl Principal {
+    pub fn is_operator(&self) -> bool {
+        self.kind == PrincipalKind::Operator
+    }
+}
+
+/// Evidence that the holder may touch rows of exactly one tenant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TenantScope {
+    tenant_id: TenantId,
+    /// True when an operator acts inside a tenant (cross-tenant read/write, audited).
+    via_operator: bool,
+}
+
+impl TenantScope {
+    /// Made by the guard once the principal is authenticated and holds the permission.
+    pub fn authorized(tenant_id: TenantId, via_operator: bool) -> Self {
+        Self { tenant_id, via_operator }
+    }
+    /// The CLI acts on the local store with the operator's authority; its actions are audited
+    /// under the `cli` writer.
+    pub fn operator_cli(tenant_id: TenantId) -> Self {
+        Self { tenant_id, via_operator: true }
+    }
+    pub fn tenant_id(&self) -> &TenantId {
+        &self.tenant_id
+    }
+    pub fn via_operator(&self) -> bool {
+        self.via_operator
+    }
+}

@@ -1,0 +1,66 @@
+//! Timestamps as the product writes them: RFC 3339, millisecond precision, UTC (`...Z`).
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Milliseconds since the Unix epoch to `2026-11-23T16:06:42.123Z`.
+pub fn rfc3339_ms(unix_ms: i64) -> String {
+    let nanos = i128::from(unix_ms) * 1_000_000;
+    let Ok(t) = OffsetDateTime::from_unix_timestamp_nanos(nanos) else {
+        return String::from("invalid-time");
+    };
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+/// `YYYY-MM-DD` (UTC) of a timestamp: the audit file a record belongs to.
+pub fn utc_date(unix_ms: i64) -> String {
+    let s = rfc3339_ms(unix_ms);
+    s.chars().take(10).collect()
+}
+
+/// Parses RFC 3339 into Unix milliseconds.
+pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    let t = OffsetDateTime::parse(s, &Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+/// Parses a duration like `30d`, `12h`, `15m`, `45s` into seconds.
+pub fn parse_duration_secs(s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 =
+        num.parse().map_err(|_| format!("invalid duration `{s}`: expected a number and a unit (s, m, h, d)"))?;
+    let mult = match unit {
+        "s" | "" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return Err(format!("invalid duration `{s}`: unit must be one of s, m, h, d")),
+    };
+    n.checked_mul(mult)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| format!("invalid duration `{s}`: must be positive and not overflow"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn formats_and_parses() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(1_764_000_000_123), "2025-11-24T16:00:00.123Z");
+        assert_eq!(parse_rfc3339_ms("2025-11-24T16:00:00.123Z"), Some(1_764_000_000_123));
+        assert_eq!(utc_date(1_764_000_000_123), "2025-11-24");
+        assert_eq!(parse_duration_secs("30d"), Ok(2_592_000));
+        assert!(parse_duration_secs("-1d").is_err());
+        assert!(parse_duration_secs("5y").is_err());
+    }
+}

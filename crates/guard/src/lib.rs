@@ -1,0 +1,523 @@
+//! The one decision engine. Every request that touches Portcullis data or asks for a decision
+//! goes through [`Guard`]: authenticate → tenant guard → permission, each failure audited, and
+//! the answer is a [`Grant`] carrying the [`TenantScope`] that store calls need.
+//!
+//! The hot path (API-key verification) never touches the store for a cached key: keys, sessions
+//! and tenant states are cached in memory and invalidated from the store's change feed, which
+//! also carries changes made by other processes (the CLI, other instances). Staleness is bounded
+//! by `cache_refresh` (default 1 s).
+#![forbid(unsafe_code)]
+
+pub mod admin;
+mod cache;
+pub mod jwt;
+mod login;
+pub mod password;
+
+pub use jwt::{JwtConfig, JwtKeyConfig};
+pub use login::{LoginOk, LoginPolicy};
+
+use dashmap::DashMap;
+use portcullis_audit::{AuditLog, AuditUnavailable};
+use portcullis_core::audit::{AuditEvent, AuditResult};
+use portcullis_core::{KeyId, Permission, Principal, PrincipalKind, TenantId, TenantScope, apikey};
+use portcullis_store::{Store, StoreError, TenantStatus};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
+use std::time::Duration;
+
+pub trait Clock: Send + Sync + 'static {
+    fn now_ms(&self) -> i64;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0)
+    }
+}
+
+/// What the HTTP layer knows about a request, for audit events.
+#[derive(Clone, Debug, Default)]
+pub struct RequestMeta {
+    pub request_id: String,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// A presented credential, classified by shape only.
+#[derive(Clone)]
+pub enum Credential {
+    ApiKey(String),
+    Session(String),
+    Jwt(String),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print a credential.
+        match self {
+            Credential::ApiKey(k) => write!(f, "ApiKey({}…)", apikey::display_prefix(k)),
+            Credential::Session(_) => f.write_str("Session(…)"),
+            Credential::Jwt(_) => f.write_str("Jwt(…)"),
+        }
+    }
+}
+
+impl Credential {
+    pub fn classify(token: &str) -> Credential {
+        if token.starts_with(apikey::PREFIX) {
+            Credential::ApiKey(token.to_owned())
+        } else if token.starts_with(SESSION_PREFIX) {
+            Credential::Session(token.to_owned())
+        } else {
+            Credential::Jwt(token.to_owned())
+        }
+    }
+}
+
+pub const SESSION_PREFIX: &str = "pcs_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error("authentication required")]
+    Unauthenticated(&'static str),
+    #[error("forbidden")]
+    Forbidden(&'static str),
+    #[error("not found")]
+    NotFound,
+    #[error("too many attempts")]
+    Throttled { retry_after_secs: u64 },
+    #[error("audit log unavailable")]
+    AuditUnavailable(#[from] AuditUnavailable),
+    #[error("store unavailable: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Proof that a principal may do something; `scope` is set when the action is inside a tenant.
+#[derive(Clone, Debug)]
+pub struct Grant {
+    pub principal: Principal,
+    pub scope: Option<TenantScope>,
+    pub permission: Permission,
+}
+
+pub struct GuardConfig {
+    pub pepper: Vec<u8>,
+    pub session_ttl: Duration,
+    pub cache_refresh: Duration,
+    pub login: LoginPolicy,
+    pub jwt: Option<JwtConfig>,
+}
+
+pub struct Guard {
+    store: Arc<dyn Store>,
+    audit: AuditLog,
+    clock: Arc<dyn Clock>,
+    pepper: zeroize::Zeroizing<Vec<u8>>,
+    session_ttl: Duration,
+    cache_refresh: Duration,
+    cache: cache::Caches,
+    login: login::Throttle,
+    jwt: Option<jwt::JwtVerifier>,
+    /// Keys used since the last flush, written to the store in batches off the hot path.
+    touched: DashMap<KeyId, i64>,
+    change_seq: AtomicI64,
+}
+
+pub fn sha256_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+impl Guard {
+    pub async fn new(
+        cfg: GuardConfig,
+        store: Arc<dyn Store>,
+        audit: AuditLog,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Guard>, String> {
+        let jwt = match cfg.jwt {
+            Some(j) => Some(jwt::JwtVerifier::new(j)?),
+            None => None,
+        };
+        let seq = store.latest_change_seq().await.map_err(|e| e.to_string())?;
+        Ok(Arc::new(Guard {
+            store,
+            audit,
+            clock,
+            pepper: zeroize::Zeroizing::new(cfg.pepper),
+            session_ttl: cfg.session_ttl,
+            cache_refresh: cfg.cache_refresh,
+            cache: cache::Caches::default(),
+            login: login::Throttle::new(cfg.login),
+            jwt,
+            touched: DashMap::new(),
+            change_seq: AtomicI64::new(seq),
+        }))
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn audit_log(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    pub fn pepper(&self) -> &[u8] {
+        &self.pepper
+    }
+
+    /// An event stamped with the request's metadata.
+    pub fn event(&self, meta: &RequestMeta, action: &str, result: AuditResult) -> AuditEvent {
+        let mut e = AuditEvent::new(self.now_ms(), action, result);
+        e.request_id = Some(meta.request_id.clone());
+        e.ip_address = meta.ip.clone();
+        e.user_agent = meta.user_agent.clone();
+        e
+    }
+
+    /// An event attributed to a principal (and its tenant, or the scope's tenant for operators).
+    pub fn event_for(&self, grant: &Grant, meta: &RequestMeta, action: &str, result: AuditResult) -> AuditEvent {
+        let mut e = self.event(meta, action, result);
+        e.user_id = Some(grant.principal.id.clone());
+        e.tenant_id = grant
+            .scope
+            .as_ref()
+            .map(|s| s.tenant_id().to_string())
+            .or_else(|| grant.principal.tenant_id.as_ref().map(ToString::to_string));
+        if let serde_json::Value::Object(m) = &mut e.metadata {
+            m.insert(String::from("auth"), serde_json::json!(grant.principal.kind));
+            if grant.scope.as_ref().is_some_and(TenantScope::via_operator) {
+                m.insert(String::from("operator_cross_tenant"), serde_json::Value::Bool(true));
+            }
+        }
+        e
+    }
+
+    /// Writes an event durably; the caller must not acknowledge its request if this fails.
+    pub async fn record(&self, event: AuditEvent) -> Result<(), GuardError> {
+        Ok(self.audit.record(event).await?)
+    }
+
+    /// Authenticate → tenant guard → permission. Every refusal is audited before it is returned.
+    pub async fn check(
+        &self,
+        credential: Option<Credential>,
+        x_tenant_id: Option<&str>,
+        permission: Permission,
+        meta: &RequestMeta,
+    ) -> Result<Grant, GuardError> {
+        let principal = self.authenticate(credential, meta).await?;
+        self.authorize(principal, x_tenant_id, permission, meta).await
+    }
+
+    pub async fn authorize(
+        &self,
+        principal: Principal,
+        x_tenant_id: Option<&str>,
+        permission: Permission,
+        meta: &RequestMeta,
+    ) -> Result<Grant, GuardError> {
+        let denied = |reason: &'static str, action: &str| {
+            let mut e = self.event(meta, action, AuditResult::Denied);
+            e.user_id = Some(principal.id.clone());
+            e.tenant_id = principal.tenant_id.as_ref().map(ToString::to_string);
+            e.reason = Some(String::from(reason));
+            e.metadata = serde_json::json!({ "permission": permission.as_str(), "requested_tenant": x_tenant_id });
+            e
+        };
+        if principal.is_operator() {
+            let scope = match x_tenant_id {
+                None => None,
+                Some(raw) => {
+                    let Ok(t) = TenantId::parse(raw) else {
+                        self.record(denied("invalid_tenant_header", "authz.denied")).await?;
+                        return Err(GuardError::Forbidden("invalid X-Tenant-ID"));
+                    };
+                    if self.tenant_state(&t).await?.is_none() {
+                        self.record(denied("unknown_tenant", "authz.denied")).await?;
+                        return Err(GuardError::NotFound);
+                    }
+                    Some(TenantScope::authorized(t, true))
+                }
+            };
+            return Ok(Grant { principal, scope, permission });
+        }
+        let Some(tenant) = principal.tenant_id.clone() else {
+            return Err(GuardError::Forbidden("principal without tenant"));
+        };
+        if let Some(raw) = x_tenant_id {
+            if raw != tenant.as_str() {
+                self.record(denied("x_tenant_id_mismatch", "cross_tenant_access_blocked")).await?;
+                return Err(GuardError::Forbidden("X-Tenant-ID does not match the credential's tenant"));
+            }
+        }
+        let role = principal.role.ok_or(GuardError::Forbidden("principal without role"))?;
+        if !permission.granted_to(role) {
+            self.record(denied("role_lacks_permission", "authz.denied")).await?;
+            return Err(GuardError::Forbidden("the caller's role does not grant this action"));
+        }
+        Ok(Grant { principal, scope: Some(TenantScope::authorized(tenant, false)), permission })
+    }
+
+    pub async fn authenticate(
+        &self,
+        credential: Option<Credential>,
+        meta: &RequestMeta,
+    ) -> Result<Principal, GuardError> {
+        let Some(credential) = credential else {
+            let mut e = self.event(meta, "auth.failure", AuditResult::Failure);
+            e.reason = Some(String::from("missing_credential"));
+            self.record(e).await?;
+            return Err(GuardError::Unauthenticated("missing credential"));
+        };
+        let (kind, hint) = match &credential {
+            Credential::ApiKey(k) => ("api_key", Some(apikey::display_prefix(k).to_owned())),
+            Credential::Session(_) => ("session", None),
+            Credential::Jwt(_) => ("jwt", None),
+        };
+        let outcome = match &credential {
+            Credential::ApiKey(k) => self.verify_key(k).await,
+            Credential::Session(t) => self.verify_session(t).await,
+            Credential::Jwt(t) => self.verify_jwt(t).await,
+        };
+        match outcome {
+            Ok(p) => Ok(p),
+            Err(AuthFailure::Store(e)) => Err(GuardError::Store(e)),
+            Err(AuthFailure::Suspended { principal_id, tenant }) => {
+                let mut e = self.event(meta, "auth.denied", AuditResult::Denied);
+                e.reason = Some(String::from("tenant_suspended"));
+                e.user_id = Some(principal_id);
+                e.tenant_id = Some(tenant.to_string());
+                self.record(e).await?;
+                Err(GuardError::Forbidden("tenant suspended"))
+            }
+            Err(AuthFailure::Invalid(reason)) => {
+                let mut e = self.event(meta, "auth.failure", AuditResult::Failure);
+                e.reason = Some(String::from(reason));
+                e.metadata = serde_json::json!({ "credential": kind, "key_prefix": hint });
+                self.record(e).await?;
+                Err(GuardError::Unauthenticated(reason))
+            }
+        }
+    }
+
+    async fn tenant_state(&self, id: &TenantId) -> Result<Option<cache::TenantState>, StoreError> {
+        if let Some(s) = self.cache.tenants.get(id) {
+            return Ok(Some(s.clone()));
+        }
+        let Some(t) = self.store.get_tenant(id).await? else { return Ok(None) };
+        let s = cache::TenantState { status: t.status, tier: t.tier };
+        self.cache.tenants.insert(id.clone(), s.clone());
+        Ok(Some(s))
+    }
+
+    async fn tenant_active(&self, id: &TenantId, principal_id: &str) -> Result<(), AuthFailure> {
+        match self.tenant_state(id).await.map_err(AuthFailure::Store)? {
+            Some(s) if s.status == TenantStatus::Active => Ok(()),
+            Some(_) => Err(AuthFailure::Suspended { principal_id: principal_id.to_owned(), tenant: id.clone() }),
+            None => Err(AuthFailure::Invalid("unknown_tenant")),
+        }
+    }
+
+    async fn verify_key(&self, key: &str) -> Result<Principal, AuthFailure> {
+        // Shape and checksum first: garbage never reaches the cache or the store.
+        apikey::validate(key).map_err(|_| AuthFailure::Invalid("malformed_api_key"))?;
+        let hash = apikey::hash(&self.pepper, key);
+        let hash_hex = hex::encode(hash);
+        let record = match self.cache.keys.get(&hash_hex) {
+            Some(r) => r.clone(),
+            None => {
+                let Some(r) = self.store.find_key_by_hash(&hash_hex).await.map_err(AuthFailure::Store)? else {
+                    return Err(AuthFailure::Invalid("unknown_api_key"));
+                };
+                let r = Arc::new(r);
+                self.cache.insert_key(hash_hex.clone(), r.clone());
+                r
+            }
+        };
+        // The lookup matched on the hash; compare again in constant time so equality of the
+        // stored value is never decided by a short-circuiting comparison.
+        let stored = hex::decode(&record.hash_hex).ok().and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok());
+        if !stored.is_some_and(|s| apikey::hashes_equal(&s, &hash)) {
+            return Err(AuthFailure::Invalid("unknown_api_key"));
+        }
+        let now = self.now_ms();
+        if record.revoked_at_ms.is_some() {
+            return Err(AuthFailure::Invalid("revoked_api_key"));
+        }
+        if record.expires_at_ms.is_some_and(|e| e <= now) {
+            return Err(AuthFailure::Invalid("expired_api_key"));
+        }
+        let principal_id = format!("key:{}", record.id);
+        self.tenant_active(&record.tenant_id, &principal_id).await?;
+        self.touched.insert(record.id.clone(), now);
+        Ok(Principal {
+            kind: PrincipalKind::ApiKey,
+            id: principal_id,
+            tenant_id: Some(record.tenant_id.clone()),
+            role: Some(record.role),
+            key_id: Some(record.id.clone()),
+            user_id: None,
+            session_id: None,
+        })
+    }
+
+    async fn verify_session(&self, token: &str) -> Result<Principal, AuthFailure> {
+        if token.len() > 128 {
+            return Err(AuthFailure::Invalid("malformed_session_token"));
+        }
+        let hash_hex = sha256_hex(token);
+        let entry = match self.cache.sessions.get(&hash_hex) {
+            Some(s) => s.clone(),
+            None => {
+                let Some(s) = self.store.find_session(&hash_hex).await.map_err(AuthFailure::Store)? else {
+                    return Err(AuthFailure::Invalid("unknown_session"));
+                };
+                let Some(user) = self.store.get_user_unscoped(&s.user_id).await.map_err(AuthFailure::Store)? else {
+                    return Err(AuthFailure::Invalid("unknown_session"));
+                };
+                let entry = Arc::new(cache::CachedSession { session: s, user });
+                self.cache.insert_session(hash_hex.clone(), entry.clone());
+                entry
+            }
+        };
+        let now = self.now_ms();
+        if entry.session.revoked_at_ms.is_some() {
+            return Err(AuthFailure::Invalid("revoked_session"));
+        }
+        if entry.session.expires_at_ms <= now {
+            return Err(AuthFailure::Invalid("expired_session"));
+        }
+        if entry.user.disabled {
+            return Err(AuthFailure::Invalid("disabled_user"));
+        }
+        let user = &entry.user;
+        let principal_id = format!("user:{}", user.email);
+        if let Some(t) = &user.tenant_id {
+            self.tenant_active(t, &principal_id).await?;
+        }
+        Ok(Principal {
+            kind: if user.is_operator() { PrincipalKind::Operator } else { PrincipalKind::User },
+            id: principal_id,
+            tenant_id: user.tenant_id.clone(),
+            role: user.role,
+            key_id: None,
+            user_id: Some(user.id.clone()),
+            session_id: Some(entry.session.id.clone()),
+        })
+    }
+
+    async fn verify_jwt(&self, token: &str) -> Result<Principal, AuthFailure> {
+        let Some(v) = &self.jwt else {
+            return Err(AuthFailure::Invalid("jwt_not_configured"));
+        };
+        let claims = v.verify(token).map_err(AuthFailure::Invalid)?;
+        let principal_id = format!("jwt:{}", claims.subject);
+        self.tenant_active(&claims.tenant, &principal_id).await?;
+        Ok(Principal {
+            kind: PrincipalKind::Jwt,
+            id: principal_id,
+            tenant_id: Some(claims.tenant),
+            role: Some(claims.role),
+            key_id: None,
+            user_id: None,
+            session_id: None,
+        })
+    }
+
+    /// Forget cached state for something this process just changed (other processes learn of it
+    /// through the change feed).
+    pub fn invalidate_key(&self, id: &KeyId) {
+        self.cache.remove_key(id);
+    }
+
+    pub fn invalidate_tenant(&self, id: &TenantId) {
+        self.cache.tenants.remove(id);
+    }
+
+    pub fn invalidate_session(&self, id: &str) {
+        self.cache.remove_session(id);
+    }
+
+    /// Background upkeep: apply the change feed and flush key usage. Runs until the guard is dropped.
+    pub fn spawn_maintenance(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let every = self.cache_refresh;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut since_flush = Duration::ZERO;
+            loop {
+                tick.tick().await;
+                let Some(g) = weak.upgrade() else { break };
+                if let Err(e) = g.apply_changes().await {
+                    tracing::warn!(error = %e, "change feed unavailable; caches keep their entries until it returns");
+                }
+                since_flush += every;
+                if since_flush >= Duration::from_secs(5) {
+                    since_flush = Duration::ZERO;
+                    g.flush_usage().await;
+                }
+            }
+        });
+    }
+
+    pub async fn apply_changes(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        loop {
+            let since = self.change_seq.load(Ordering::Acquire);
+            let changes = self.store.changes_since(since, 1000).await?;
+            let Some(last) = changes.last().map(|c| c.seq) else { return Ok(()) };
+            for c in &changes {
+                self.cache.apply(c);
+            }
+            self.change_seq.store(last, Ordering::Release);
+            if changes.len() < 1000 {
+                return Ok(());
+            }
+        }
+    }
+
+    pub async fn flush_usage(&self) {
+        let used: Vec<(KeyId, i64)> = self.touched.iter().map(|e| (e.key().clone(), *e.value())).collect();
+        for (k, _) in &used {
+            self.touched.remove(k);
+        }
+        if let Err(e) = self.store.touch_keys(&used).await {
+            tracing::warn!(error = %e, "could not record key last_used_at");
+        }
+    }
+
+    /// Makes a fresh API key for `record_template` (fills prefix and hash). Returns the key text,
+    /// which is shown once and never stored.
+    pub fn mint_key(&self, random: &[u8]) -> (String, String, String) {
+        let key = apikey::generate(random);
+        let hash_hex = hex::encode(apikey::hash(&self.pepper, &key));
+        let prefix = apikey::display_prefix(&key).to_owned();
+        (key, prefix, hash_hex)
+    }
+}
+
+enum AuthFailure {
+    Invalid(&'static str),
+    Suspended { principal_id: String, tenant: TenantId },
+    Store(StoreError),
+}
+
+/// Fills `buf` from the operating system's CSPRNG.
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], String> {
+    let mut buf = [0u8; N];
+    getrandom::fill(&mut buf).map_err(|e| format!("no randomness available: {e}"))?;
+    Ok(buf)
+}

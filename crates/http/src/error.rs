@@ -1,0 +1,159 @@
+//! The one place errors become HTTP: every failure is an RFC 9457 problem+json document with the
+//! request id. Handlers return [`ApiError`]; the request-id middleware fills in `request_id`
+//! (it is the layer that knows it) when it sees the [`Problem`] extension.
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use portcullis_guard::GuardError;
+use portcullis_store::StoreError;
+
+/// Set on error responses; rendered into the body by the outer middleware.
+#[derive(Clone, Debug)]
+pub struct Problem {
+    pub kind: &'static str,
+    pub title: &'static str,
+    pub detail: String,
+    pub retry_after_secs: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("too many requests")]
+    Throttled(u64),
+    #[error("the request body exceeds the size limit")]
+    PayloadTooLarge,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
+            ApiError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated", "Authentication required"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            ApiError::Throttled(_) => (StatusCode::TOO_MANY_REQUESTS, "throttled", "Too many requests"),
+            ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
+        }
+    }
+}
+
+impl From<GuardError> for ApiError {
+    fn from(e: GuardError) -> Self {
+        match e {
+            GuardError::Unauthenticated(r) => ApiError::Unauthenticated(format!("credential rejected: {r}")),
+            GuardError::Forbidden(r) => ApiError::Forbidden(r.to_owned()),
+            GuardError::NotFound => ApiError::NotFound,
+            GuardError::Throttled { retry_after_secs } => ApiError::Throttled(retry_after_secs),
+            GuardError::AuditUnavailable(e) => {
+                tracing::error!(error = %e, "request refused: audit log unavailable");
+                ApiError::Unavailable(String::from("the audit log cannot be written; nothing was changed"))
+            }
+            GuardError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(what) => ApiError::Conflict(format!("{what} already exists")),
+            StoreError::Unavailable(msg) => {
+                tracing::error!(error = %msg, "store unavailable");
+                ApiError::Unavailable(String::from("the store is unavailable"))
+            }
+            StoreError::Corrupt(msg) => {
+                tracing::error!(error = %msg, "corrupt store row");
+                ApiError::Internal(msg)
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind, title) = self.parts();
+        let detail = match &self {
+            // Internal details go to the log, never to the client.
+            ApiError::Internal(_) => {
+                String::from("an internal error occurred; the request id identifies it in the logs")
+            }
+            ApiError::NotFound => String::from("no such resource"),
+            ApiError::Throttled(s) => format!("too many attempts; retry after {s} s"),
+            other => other.to_string(),
+        };
+        let retry = if let ApiError::Throttled(s) = self { Some(s) } else { None };
+        let mut res = status.into_response();
+        if let Some(s) = retry {
+            if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
+                res.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        res.extensions_mut().insert(Problem { kind, title, detail, retry_after_secs: retry });
+        res
+    }
+}
+
+/// Renders a problem document.
+pub fn problem_body(status: StatusCode, p: &Problem, request_id: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "type": format!("https://portcullis.dev/problems/{}", p.kind),
+        "title": p.title,
+        "status": status.as_u16(),
+        "detail": p.detail,
+        "request_id": request_id,
+    }))
+    .unwrap_or_default()
+}
+
+/// A problem for a status that reached the outer layer without one (405 from the router,
+/// 413 from the body limit, 408 from the timeout, …).
+pub fn generic_problem(status: StatusCode) -> Problem {
+    let (kind, title, detail) = match status.as_u16() {
+        404 => ("not-found", "Not found", "no such route"),
+        405 => ("method-not-allowed", "Method not allowed", "this route does not accept that method"),
+        408 => ("timeout", "Request timeout", "the request took too long"),
+        413 => ("payload-too-large", "Payload too large", "the request body exceeds the size limit"),
+        415 => ("unsupported-media-type", "Unsupported media type", "send application/json"),
+        400..=499 => ("bad-request", "Bad request", "the request could not be processed"),
+        _ => ("internal", "Internal error", "an internal error occurred"),
+    };
+    Problem { kind, title, detail: detail.to_owned(), retry_after_secs: None }
+}
+
+/// The problem+json document, for the OpenAPI description.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ProblemDoc {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    pub request_id: String,
+}
+
+impl From<portcullis_guard::admin::AdminError> for ApiError {
+    fn from(e: portcullis_guard::admin::AdminError) -> Self {
+        use portcullis_guard::admin::AdminError;
+        match e {
+            AdminError::Invalid(m) => ApiError::BadRequest(m),
+            AdminError::Conflict(m) => ApiError::Conflict(m),
+            AdminError::Guard(g) => g.into(),
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! The outermost layer, on every response: request id (propagated when well-formed, generated
+//! otherwise), request smuggling guard (Content-Length together with Transfer-Encoding is
+//! refused), security headers, and problem+json rendering with the request id.
+use crate::error::{Problem, generic_problem, problem_body};
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use portcullis_guard::RequestMeta;
+use std::net::SocketAddr;
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The peer address of the connection, inserted by the server for every request.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
+
+fn valid_request_id(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 128
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+fn security_headers(h: &mut HeaderMap) {
+    let set = |h: &mut HeaderMap, k: HeaderName, v: &'static str| {
+        h.entry(k).or_insert(HeaderValue::from_static(v));
+    };
+    set(h, header::CONTENT_SECURITY_POLICY, "default-src 'none'; frame-ancestors 'none'; base-uri 'none'");
+    set(h, header::STRICT_TRANSPORT_SECURITY, "max-age=31536000; includeSubDomains");
+    set(h, header::X_FRAME_OPTIONS, "DENY");
+    set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(h, header::REFERRER_POLICY, "no-referrer");
+    set(h, header::CACHE_CONTROL, "no-store");
+}
+
+pub async fn edge(mut req: Request, next: Next) -> Response {
+    let request_id = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| valid_request_id(v))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
+    let ip = req.extensions().get::<PeerAddr>().map(|p| p.0.ip().to_string());
+    let user_agent =
+        req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(|s| s.chars().take(512).collect());
+    req.extensions_mut().insert(RequestMeta { request_id: request_id.clone(), ip, user_agent });
+
+    let smuggling =
+        req.headers().contains_key(header::CONTENT_LENGTH) && req.headers().contains_key(header::TRANSFER_ENCODING);
+    let mut res = if smuggling {
+        crate::error::ApiError::BadRequest(String::from(
+            "Content-Length and Transfer-Encoding together are refused (request smuggling)",
+        ))
+        .into_response()
+    } else {
+        next.run(req).await
+    };
+
+    let status = res.status();
+    let problem = res.extensions_mut().remove::<Problem>();
+    let is_problem_json =
+        res.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if problem.is_some() || (status.as_u16() >= 400 && !is_problem_json) {
+        let p = problem.unwrap_or_else(|| generic_problem(status));
+        let (mut parts, _) = res.into_parts();
+        parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        parts.headers.remove(header::CONTENT_LENGTH);
+        res = Response::from_parts(parts, Body::from(problem_body(status, &p, &request_id)));
+    }
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        res.headers_mut().insert(X_REQUEST_ID.clone(), v);
+    }
+    security_headers(res.headers_mut());
+    if smuggling {
+        res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    res
+}
+
+/// Fallback for unknown routes.
+pub async fn not_found() -> Response {
+    let mut res = StatusCode::NOT_FOUND.into_response();
+    res.extensions_mut().insert(generic_problem(StatusCode::NOT_FOUND));
+    res
+}

@@ -1,0 +1,101 @@
+use crate::error::{ApiError, ProblemDoc};
+use crate::extract::{ApiQuery, Authed, perm};
+use axum::Json;
+use portcullis_core::audit::{AuditRecord, AuditResult};
+use portcullis_core::timefmt::parse_rfc3339_ms;
+use portcullis_store::AuditFilter;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AuditParams {
+    /// The acting principal as recorded (e.g. `key:<id>`, `user:<email>`).
+    pub user_id: Option<String>,
+    pub action: Option<String>,
+    /// success, denied or failure.
+    pub result: Option<String>,
+    /// RFC 3339; inclusive.
+    pub from: Option<String>,
+    /// RFC 3339; exclusive.
+    pub to: Option<String>,
+    /// Operators only: read this tenant's events (same as X-Tenant-ID).
+    pub tenant_id: Option<String>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AuditPage {
+    /// Newest first.
+    #[schema(value_type = Vec<Object>)]
+    pub items: Vec<AuditRecord>,
+    pub next_cursor: Option<String>,
+}
+
+/// Queries the audit log of the caller's tenant (operators: any tenant, or all).
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditParams), security(("bearer" = []), ("api_key" = [])),
+    responses((status = 200, body = AuditPage), (status = 400, body = ProblemDoc)))]
+pub async fn query(
+    a: Authed<perm::AuditRead>,
+    ApiQuery(p): ApiQuery<AuditParams>,
+) -> Result<Json<AuditPage>, ApiError> {
+    let limit = match p.limit {
+        None => 100,
+        Some(n) if (1..=1000).contains(&n) => n,
+        Some(n) => return Err(ApiError::BadRequest(format!("limit `{n}` must be between 1 and 1000"))),
+    };
+    let time = |field: &str, v: &Option<String>| -> Result<Option<i64>, ApiError> {
+        v.as_deref()
+            .map(|s| {
+                parse_rfc3339_ms(s).ok_or_else(|| ApiError::BadRequest(format!("`{field}` must be an RFC 3339 time")))
+            })
+            .transpose()
+    };
+    if let Some(r) = &p.result {
+        if AuditResult::parse(r).is_none() {
+            return Err(ApiError::BadRequest(String::from("`result` must be success, denied or failure")));
+        }
+    }
+    let before_id = p
+        .cursor
+        .as_deref()
+        .map(|c| c.parse::<i64>().map_err(|_| ApiError::BadRequest(String::from("invalid `cursor`"))))
+        .transpose()?;
+    let tenant_id = if a.grant.principal.is_operator() {
+        match (&a.grant.scope, &p.tenant_id) {
+            (Some(s), _) => Some(s.tenant_id().to_string()),
+            (None, Some(t)) => {
+                Some(portcullis_core::TenantId::parse(t).map_err(|e| ApiError::BadRequest(e.to_string()))?.to_string())
+            }
+            (None, None) => None,
+        }
+    } else {
+        let own = a.scope()?.tenant_id().to_string();
+        if p.tenant_id.as_ref().is_some_and(|t| *t != own) {
+            return Err(ApiError::Forbidden(String::from("`tenant_id` may only name the caller's own tenant")));
+        }
+        Some(own)
+    };
+    let filter = AuditFilter {
+        tenant_id: tenant_id.clone(),
+        user_id: p.user_id.clone(),
+        action: p.action.clone(),
+        result: p.result.clone(),
+        from_ms: time("from", &p.from)?,
+        to_ms: time("to", &p.to)?,
+        before_id,
+        limit: limit + 1,
+    };
+    let mut rows = a.app.audit.query(&filter).await?;
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next_cursor = if more { rows.last().map(|(id, _)| id.to_string()) } else { None };
+    let mut e = a.event("audit.query", AuditResult::Success);
+    e.tenant_id = tenant_id.or(e.tenant_id);
+    e.resource_type = Some(String::from("audit"));
+    e.metadata =
+        serde_json::json!({ "user_id": p.user_id, "action": p.action, "result": p.result, "from": p.from, "to": p.to });
+    a.record(e).await?;
+    Ok(Json(AuditPage { items: rows.into_iter().map(|(_, r)| r).collect(), next_cursor }))
+}

@@ -1,0 +1,74 @@
+//! Route table. Each `routes!` line registers handlers and documents them in OpenAPI at once,
+//! so an undocumented route cannot exist.
+mod audit;
+mod auth;
+mod health;
+mod keys;
+mod tenants;
+mod users;
+
+use crate::AppState;
+use crate::error::ApiError;
+use axum::extract::State;
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::logout))
+        .routes(routes!(auth::whoami))
+        .routes(routes!(tenants::list, tenants::create))
+        .routes(routes!(tenants::get))
+        .routes(routes!(tenants::suspend))
+        .routes(routes!(tenants::resume))
+        .routes(routes!(users::list, users::create))
+        .routes(routes!(users::get))
+        .routes(routes!(keys::list, keys::create))
+        .routes(routes!(keys::get, keys::revoke))
+        .routes(routes!(keys::rotate))
+        .routes(routes!(audit::query))
+}
+
+pub async fn openapi_json(State(s): State<AppState>) -> impl IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], s.openapi_json.as_str().to_owned())
+}
+
+pub const MAX_PAGE: u32 = 500;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PageParams {
+    /// Items per page (1–500, default 100).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+impl PageParams {
+    pub fn limit(&self) -> Result<u32, ApiError> {
+        match self.limit {
+            None => Ok(100),
+            Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+            Some(n) => Err(ApiError::BadRequest(format!("limit `{n}` must be between 1 and {MAX_PAGE}"))),
+        }
+    }
+}
+
+/// Takes one more than asked to know whether a next page exists.
+pub fn paginate<T, V: utoipa::ToSchema>(
+    mut rows: Vec<T>,
+    limit: u32,
+    cursor_of: impl Fn(&T) -> String,
+    view: impl Fn(&T) -> V,
+) -> crate::views::Page<V> {
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next_cursor = if more { rows.last().map(&cursor_of) } else { None };
+    crate::views::Page { items: rows.iter().map(view).collect(), next_cursor }
+}

@@ -1,0 +1,104 @@
+use super::{PageParams, paginate};
+use crate::error::{ApiError, ProblemDoc};
+use crate::extract::{ApiJson, ApiQuery, Authed, perm};
+use crate::views::{Page, TenantView};
+use axum::Json;
+use axum::extract::Path;
+use axum::http::StatusCode;
+use portcullis_core::audit::AuditResult;
+use portcullis_core::{TenantId, Tier};
+use portcullis_store::{Tenant, TenantStatus};
+use serde::Deserialize;
+use std::str::FromStr;
+use utoipa::ToSchema;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    pub name: String,
+    /// free (default), starter, pro or enterprise.
+    pub tier: Option<String>,
+}
+
+/// Creates a tenant (operators).
+#[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = CreateTenant, security(("bearer" = [])),
+    responses((status = 201, body = TenantView), (status = 400, body = ProblemDoc), (status = 403, body = ProblemDoc)))]
+pub async fn create(
+    a: Authed<perm::TenantsManage>,
+    ApiJson(body): ApiJson<CreateTenant>,
+) -> Result<(StatusCode, Json<TenantView>), ApiError> {
+    let tier = match body.tier.as_deref() {
+        None => Tier::Free,
+        Some(t) => Tier::from_str(t).map_err(ApiError::BadRequest)?,
+    };
+    let tenant = a.app.guard.create_tenant(&a.grant, &a.meta, &body.name, tier).await?;
+    Ok((StatusCode::CREATED, Json(TenantView::from(&tenant))))
+}
+
+/// Lists tenants (operators).
+#[utoipa::path(get, path = "/v1/tenants", tag = "tenants", params(PageParams), security(("bearer" = [])),
+    responses((status = 200, body = Page<TenantView>), (status = 403, body = ProblemDoc)))]
+pub async fn list(
+    a: Authed<perm::TenantsManage>,
+    ApiQuery(p): ApiQuery<PageParams>,
+) -> Result<Json<Page<TenantView>>, ApiError> {
+    let limit = p.limit()?;
+    let rows = a.app.guard.store().list_tenants(p.cursor.as_deref(), limit + 1).await?;
+    a.record_ok("tenant.list", "tenant", None).await?;
+    Ok(Json(paginate(rows, limit, |t| t.id.to_string(), |t| TenantView::from(t))))
+}
+
+async fn load(a: &Authed<impl Send + Sync>, id: &str, action: &str) -> Result<Tenant, ApiError> {
+    let store = a.app.guard.store();
+    let Ok(tid) = TenantId::parse(id) else {
+        return Err(a.not_found(action, "tenant", id, None).await);
+    };
+    // Tenant principals see only their own tenant; any other id is "not found".
+    let own = a.grant.principal.is_operator() || a.grant.principal.tenant_id.as_ref() == Some(&tid);
+    let found = if own { store.get_tenant(&tid).await? } else { None };
+    match found {
+        Some(t) => Ok(t),
+        None => {
+            let owner = store.get_tenant(&tid).await?.map(|t| t.id.to_string());
+            Err(a.not_found(action, "tenant", id, owner).await)
+        }
+    }
+}
+
+/// Reads a tenant: operators any, tenant principals their own.
+#[utoipa::path(get, path = "/v1/tenants/{id}", tag = "tenants", params(("id" = String, Path)), security(("bearer" = []), ("api_key" = [])),
+    responses((status = 200, body = TenantView), (status = 404, body = ProblemDoc)))]
+pub async fn get(a: Authed<perm::TenantRead>, Path(id): Path<String>) -> Result<Json<TenantView>, ApiError> {
+    let t = load(&a, &id, "tenant.read").await?;
+    let mut e = a.event("tenant.read", AuditResult::Success);
+    e.tenant_id = Some(t.id.to_string());
+    e.resource_type = Some(String::from("tenant"));
+    e.resource_id = Some(t.id.to_string());
+    a.record(e).await?;
+    Ok(Json(TenantView::from(&t)))
+}
+
+async fn set_status(
+    a: Authed<perm::TenantsManage>,
+    id: String,
+    status: TenantStatus,
+) -> Result<Json<TenantView>, ApiError> {
+    let action = if status == TenantStatus::Suspended { "tenant.suspend" } else { "tenant.resume" };
+    let t = load(&a, &id, action).await?;
+    let t = a.app.guard.set_tenant_status(&a.grant, &a.meta, t, status).await?;
+    Ok(Json(TenantView::from(&t)))
+}
+
+/// Suspends a tenant: every credential of it fails with 403 until resumed (operators).
+#[utoipa::path(post, path = "/v1/tenants/{id}/suspend", tag = "tenants", params(("id" = String, Path)), security(("bearer" = [])),
+    responses((status = 200, body = TenantView), (status = 404, body = ProblemDoc)))]
+pub async fn suspend(a: Authed<perm::TenantsManage>, Path(id): Path<String>) -> Result<Json<TenantView>, ApiError> {
+    set_status(a, id, TenantStatus::Suspended).await
+}
+
+/// Resumes a suspended tenant (operators).
+#[utoipa::path(post, path = "/v1/tenants/{id}/resume", tag = "tenants", params(("id" = String, Path)), security(("bearer" = [])),
+    responses((status = 200, body = TenantView), (status = 404, body = ProblemDoc)))]
+pub async fn resume(a: Authed<perm::TenantsManage>, Path(id): Path<String>) -> Result<Json<TenantView>, ApiError> {
+    set_status(a, id, TenantStatus::Active).await
+}

@@ -1,0 +1,202 @@
+//! Configuration: defaults, then the TOML file (`--config`), then `PORTCULLIS_*` environment
+//! variables (nested keys with `__`, e.g. `PORTCULLIS_AUDIT__FSYNC=true`). Every default is safe.
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use portcullis_core::{Tier, TierLimits};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    /// `postgres://…` selects the scale-out store (not built yet); absent = SQLite in `data_dir`.
+    pub database_url: Option<String>,
+    pub migration_database_url: Option<String>,
+    pub redis_url: Option<String>,
+    /// 64 hex characters; otherwise `<data_dir>/secrets/key-pepper` (generated on first start).
+    pub key_pepper: Option<String>,
+    pub key_pepper_file: Option<PathBuf>,
+    pub audit_signing_key: Option<String>,
+    pub audit_signing_key_file: Option<PathBuf>,
+    pub master_key: Option<String>,
+    pub master_key_file: Option<PathBuf>,
+    pub log: LogConfig,
+    pub audit: AuditSection,
+    pub auth: AuthSection,
+    pub http: HttpSection,
+    pub tiers: BTreeMap<String, TierLimits>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `json` (default) or `text`.
+    pub format: String,
+    /// tracing filter, e.g. `info` or `portcullis=debug`.
+    pub level: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    /// fsync every batch: acknowledged events survive power loss, not only a killed process.
+    pub fsync: bool,
+    /// Chain name of this instance; default: `<data_dir>/node-id` (generated once).
+    pub writer_id: Option<String>,
+    pub checkpoint_every: u64,
+    pub checkpoint_interval_secs: u64,
+    pub max_batch: usize,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    pub session_ttl_secs: u64,
+    /// How often caches poll the change feed: the bound on how long a revoked key, a suspended
+    /// tenant or a logged-out session changed by another process keeps working here.
+    pub cache_refresh_ms: u64,
+    pub key_rotation_grace_secs: u64,
+    pub login: LoginSection,
+    pub jwt: Option<portcullis_guard::JwtConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoginSection {
+    pub max_failures_per_account: u32,
+    pub max_failures_per_ip: u32,
+    pub window_secs: u64,
+    pub base_backoff_secs: u64,
+    pub max_backoff_secs: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    pub max_body_bytes: usize,
+    pub request_timeout_secs: u64,
+    pub header_read_timeout_secs: u64,
+    pub max_header_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: String::from("127.0.0.1:8080"),
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            migration_database_url: None,
+            redis_url: None,
+            key_pepper: None,
+            key_pepper_file: None,
+            audit_signing_key: None,
+            audit_signing_key_file: None,
+            master_key: None,
+            master_key_file: None,
+            log: LogConfig::default(),
+            audit: AuditSection::default(),
+            auth: AuthSection::default(),
+            http: HttpSection::default(),
+            tiers: Tier::ALL.iter().map(|t| (t.as_str().to_owned(), TierLimits::default_for(*t))).collect(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: String::from("json"), level: String::from("info") }
+    }
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        Self { fsync: false, writer_id: None, checkpoint_every: 1000, checkpoint_interval_secs: 60, max_batch: 4096 }
+    }
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        Self {
+            session_ttl_secs: 12 * 3600,
+            cache_refresh_ms: 1000,
+            key_rotation_grace_secs: 3600,
+            login: LoginSection::default(),
+            jwt: None,
+        }
+    }
+}
+
+impl Default for LoginSection {
+    fn default() -> Self {
+        let p = portcullis_guard::LoginPolicy::default();
+        Self {
+            max_failures_per_account: p.max_failures_per_account,
+            max_failures_per_ip: p.max_failures_per_ip,
+            window_secs: p.window.as_secs(),
+            base_backoff_secs: p.base_backoff.as_secs(),
+            max_backoff_secs: p.max_backoff.as_secs(),
+        }
+    }
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            request_timeout_secs: 30,
+            header_read_timeout_secs: 10,
+            max_header_bytes: 32 * 1024,
+        }
+    }
+}
+
+/// Top-level keys that `PORTCULLIS_*` variables may set; other `PORTCULLIS_*` variables in the
+/// environment are not configuration and are ignored.
+const ENV_KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "database_url",
+    "migration_database_url",
+    "redis_url",
+    "key_pepper",
+    "key_pepper_file",
+    "audit_signing_key",
+    "audit_signing_key_file",
+    "master_key",
+    "master_key_file",
+    "log",
+    "audit",
+    "auth",
+    "http",
+    "tiers",
+];
+
+pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+    let mut fig = Figment::from(Serialized::defaults(Config::default()));
+    if let Some(f) = file {
+        if !f.exists() {
+            anyhow::bail!("config file {} does not exist", f.display());
+        }
+        fig = fig.merge(Toml::file_exact(f));
+    }
+    fig = fig.merge(Env::prefixed("PORTCULLIS_").split("__").filter(|k| {
+        let k = k.as_str().to_ascii_lowercase();
+        ENV_KEYS.iter().any(|n| k == *n || k.starts_with(&format!("{n}.")))
+    }));
+    let cfg: Config = fig.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    for name in cfg.tiers.keys() {
+        name.parse::<Tier>().map_err(|e| anyhow::anyhow!("invalid configuration: [tiers.{name}]: {e}"))?;
+    }
+    if cfg.auth.cache_refresh_ms == 0 || cfg.auth.cache_refresh_ms > 60_000 {
+        anyhow::bail!("invalid configuration: auth.cache_refresh_ms must be between 1 and 60000");
+    }
+    if cfg.audit.checkpoint_every == 0 || cfg.audit.max_batch == 0 || cfg.audit.checkpoint_interval_secs == 0 {
+        anyhow::bail!(
+            "invalid configuration: audit.checkpoint_every, audit.checkpoint_interval_secs and audit.max_batch must be positive"
+        );
+    }
+    Ok(cfg)
+}

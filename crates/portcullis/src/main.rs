@@ -1,0 +1,79 @@
+//! `portcullis`: one binary for the gateway (`serve`) and the operator's command line.
+#![forbid(unsafe_code)]
+
+mod cli;
+mod config;
+mod runtime;
+mod serve;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "portcullis", version, about = "Multi-tenant security gateway and governance control plane")]
+struct Args {
+    /// TOML configuration file; `PORTCULLIS_*` environment variables override it.
+    #[arg(long, global = true, env = "PORTCULLIS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (embedded default: SQLite and audit files in the data dir).
+    Serve,
+    /// Create or upgrade the store schema (also done by `serve` at start).
+    Migrate,
+    /// Tenants: create, list, suspend, resume.
+    #[command(subcommand)]
+    Tenant(cli::TenantCmd),
+    /// Operators and tenant users.
+    #[command(subcommand)]
+    User(cli::UserCmd),
+    /// API keys: create (prints the key once), list, revoke, rotate.
+    #[command(subcommand)]
+    Key(cli::KeyCmd),
+    /// The audit log: query, verify the hash chains and signed checkpoints.
+    #[command(subcommand)]
+    Audit(cli::AuditCmd),
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let cfg = match config::load(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(async move {
+        match args.command {
+            Command::Serve => serve::run(cfg).await.map(|()| ExitCode::SUCCESS),
+            Command::Migrate => cli::migrate(cfg, args.json).await,
+            Command::Tenant(c) => cli::tenant(cfg, args.json, c).await,
+            Command::User(c) => cli::user(cfg, args.json, c).await,
+            Command::Key(c) => cli::key(cfg, args.json, c).await,
+            Command::Audit(c) => cli::audit(cfg, args.json, c).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

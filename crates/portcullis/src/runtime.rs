@@ -1,0 +1,146 @@
+//! Opening what `serve` and the CLI share: data dir, secrets, stores, the audit writer, the guard.
+use crate::config::Config;
+use anyhow::{Context, bail};
+use portcullis_audit::{AuditConfig, AuditLog};
+use portcullis_guard::{Guard, GuardConfig, JwtConfig, LoginPolicy, SystemClock};
+use portcullis_store::sqlite::{SqliteAuditStore, SqliteStore};
+use portcullis_store::{AuditStore, Store};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct Opened {
+    pub cfg: Config,
+    pub guard: Arc<Guard>,
+    pub audit_reader: Arc<dyn AuditStore>,
+    pub signing_key: [u8; 32],
+}
+
+fn parse_hex32(what: &str, text: &str) -> anyhow::Result<[u8; 32]> {
+    let bytes = hex::decode(text.trim()).map_err(|_| anyhow::anyhow!("{what} must be 64 hex characters"))?;
+    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| anyhow::anyhow!("{what} must be 64 hex characters (32 bytes)"))
+}
+
+/// A 32-byte secret from (in order) the inline value, the named file, or `<data_dir>/secrets/NAME`,
+/// generated there with mode 0600 on first use.
+pub fn secret(
+    cfg: &Config,
+    env_name: &str,
+    inline: &Option<String>,
+    file: &Option<PathBuf>,
+    name: &str,
+) -> anyhow::Result<[u8; 32]> {
+    if let Some(v) = inline {
+        return parse_hex32(env_name, v);
+    }
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f).with_context(|| format!("{env_name}_FILE {}", f.display()))?;
+        return parse_hex32(&format!("{env_name}_FILE {}", f.display()), &text);
+    }
+    let dir = cfg.data_dir.join("secrets");
+    let path = dir.join(name);
+    if path.exists() {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        return parse_hex32(&path.display().to_string(), &text);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let bytes = portcullis_guard::random_bytes::<32>().map_err(anyhow::Error::msg)?;
+    write_private(&path, hex::encode(bytes).as_bytes())?;
+    Ok(bytes)
+}
+
+fn write_private(path: &Path, content: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(content)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+pub fn writer_id_for_serve(cfg: &Config) -> anyhow::Result<String> {
+    if let Some(w) = &cfg.audit.writer_id {
+        return Ok(w.clone());
+    }
+    let path = cfg.data_dir.join("node-id");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return Ok(text.trim().to_owned());
+    }
+    let id = format!("node-{}", hex::encode(portcullis_guard::random_bytes::<4>().map_err(anyhow::Error::msg)?));
+    write_private(&path, id.as_bytes())?;
+    Ok(id)
+}
+
+pub async fn open(cfg: Config, writer_id: String) -> anyhow::Result<Opened> {
+    if cfg.database_url.is_some() || cfg.redis_url.is_some() {
+        bail!(
+            "PORTCULLIS_DATABASE_URL / PORTCULLIS_REDIS_URL select the scale-out shape, which this build does not include yet; unset them to run on the embedded store in {}",
+            cfg.data_dir.display()
+        );
+    }
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    let pepper = secret(&cfg, "PORTCULLIS_KEY_PEPPER", &cfg.key_pepper, &cfg.key_pepper_file, "key-pepper")?;
+    let signing_key = secret(
+        &cfg,
+        "PORTCULLIS_AUDIT_SIGNING_KEY",
+        &cfg.audit_signing_key,
+        &cfg.audit_signing_key_file,
+        "audit-signing-key",
+    )?;
+    let main_db = cfg.data_dir.join("portcullis.db");
+    let audit_db = cfg.data_dir.join("audit.db");
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(&main_db).await.with_context(|| format!("opening store {}", main_db.display()))?);
+    let audit_reader: Arc<dyn AuditStore> = Arc::new(
+        SqliteAuditStore::open(&audit_db, cfg.audit.fsync)
+            .await
+            .with_context(|| format!("opening audit database {}", audit_db.display()))?,
+    );
+    let fsync = cfg.audit.fsync;
+    let audit = AuditLog::start(
+        AuditConfig {
+            writer_id,
+            dir: cfg.data_dir.join("audit"),
+            fsync,
+            signing_key,
+            checkpoint_every: cfg.audit.checkpoint_every,
+            checkpoint_interval: Duration::from_secs(cfg.audit.checkpoint_interval_secs),
+            max_batch: cfg.audit.max_batch,
+        },
+        move || {
+            Box::pin(async move {
+                let s = SqliteAuditStore::open(&audit_db, fsync).await.map_err(|e| e.to_string())?;
+                Ok(Arc::new(s) as Arc<dyn AuditStore>)
+            })
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("audit log: {e}"))?;
+    let login = &cfg.auth.login;
+    let guard = Guard::new(
+        GuardConfig {
+            pepper: pepper.to_vec(),
+            session_ttl: Duration::from_secs(cfg.auth.session_ttl_secs),
+            cache_refresh: Duration::from_millis(cfg.auth.cache_refresh_ms),
+            login: LoginPolicy {
+                max_failures_per_account: login.max_failures_per_account,
+                max_failures_per_ip: login.max_failures_per_ip,
+                window: Duration::from_secs(login.window_secs),
+                base_backoff: Duration::from_secs(login.base_backoff_secs),
+                max_backoff: Duration::from_secs(login.max_backoff_secs),
+            },
+            jwt: cfg.auth.jwt.clone().map(|j: JwtConfig| j),
+        },
+        store,
+        audit,
+        Arc::new(SystemClock),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Opened { cfg, guard, audit_reader, signing_key })
+}

@@ -1,0 +1,131 @@
+//! `portcullis serve`.
+use crate::config::Config;
+use crate::runtime;
+use anyhow::Context;
+use portcullis_core::audit::AuditResult;
+use portcullis_core::{Principal, PrincipalKind};
+use portcullis_guard::{Grant, Guard, RequestMeta};
+use portcullis_http::{HttpSettings, server::ServeSettings};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn init_tracing(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if cfg.log.format == "text" {
+        let _ = builder.try_init();
+    } else {
+        let _ = builder.json().try_init();
+    }
+}
+
+pub const BOOTSTRAP_EMAIL: &str = "admin@localhost";
+
+/// On an empty store: create the first operator with a random password and print it once.
+async fn bootstrap(guard: &Arc<Guard>, listen: &str) -> anyhow::Result<()> {
+    if guard.store().count_operators().await? > 0 {
+        return Ok(());
+    }
+    let raw = portcullis_guard::random_bytes::<24>().map_err(anyhow::Error::msg)?;
+    let password: String = portcullis_core::apikey::generate(&raw).chars().skip(3).take(24).collect();
+    let system = Grant {
+        principal: Principal {
+            kind: PrincipalKind::Operator,
+            id: String::from("system:bootstrap"),
+            tenant_id: None,
+            role: None,
+            key_id: None,
+            user_id: None,
+            session_id: None,
+        },
+        scope: None,
+        permission: portcullis_core::Permission::TenantsManage,
+    };
+    let meta = RequestMeta { request_id: String::from("bootstrap"), ip: None, user_agent: None };
+    let user = guard
+        .create_user(&system, &meta, BOOTSTRAP_EMAIL, &password, None)
+        .await
+        .map_err(|e| anyhow::anyhow!("bootstrap: {e}"))?;
+    let mut e = guard.event_for(&system, &meta, "bootstrap", AuditResult::Success);
+    e.resource_type = Some(String::from("user"));
+    e.resource_id = Some(user.id.to_string());
+    e.reason = Some(String::from("first start on an empty store: first operator created"));
+    guard.record(e).await?;
+    println!("== Portcullis bootstrap: the first operator (shown once, never again) ==");
+    println!("bootstrap email: {BOOTSTRAP_EMAIL}");
+    println!("bootstrap password: {password}");
+    println!(
+        "log in: curl -s -X POST http://{listen}/v1/auth/login -H 'content-type: application/json' -d '{{\"email\":\"{BOOTSTRAP_EMAIL}\",\"password\":\"{password}\"}}'"
+    );
+    Ok(())
+}
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    init_tracing(&cfg);
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    // One server per data dir: two would write the same audit chain.
+    let lock_path = cfg.data_dir.join("serve.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        anyhow::bail!("another `portcullis serve` is using the data dir {}", cfg.data_dir.display());
+    }
+    let writer_id = runtime::writer_id_for_serve(&cfg)?;
+    let listen = cfg.listen.clone();
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (set PORTCULLIS_LISTEN)"))?;
+    let local = listener.local_addr()?;
+    let opened = runtime::open(cfg, writer_id.clone()).await?;
+    let cfg = opened.cfg;
+    let guard = opened.guard;
+    guard.spawn_maintenance();
+    bootstrap(&guard, &local.to_string()).await?;
+    let app = portcullis_http::app(
+        guard.clone(),
+        opened.audit_reader,
+        HttpSettings {
+            max_body_bytes: cfg.http.max_body_bytes,
+            request_timeout: Duration::from_secs(cfg.http.request_timeout_secs),
+            key_rotation_default_grace: Duration::from_secs(cfg.auth.key_rotation_grace_secs),
+        },
+    );
+    println!("Portcullis listening on http://{local}");
+    println!("  API:      http://{local}/v1   (OpenAPI: http://{local}/openapi.json)");
+    println!("  health:   http://{local}/healthz  http://{local}/readyz");
+    println!("  data dir: {}   audit chain: {writer_id}", cfg.data_dir.display());
+    tracing::info!(listen = %local, writer_id, "portcullis serving");
+    let settings = ServeSettings {
+        header_read_timeout: Duration::from_secs(cfg.http.header_read_timeout_secs),
+        max_header_bytes: cfg.http.max_header_bytes,
+        ..ServeSettings::default()
+    };
+    portcullis_http::server::serve(listener, app, settings, shutdown_signal()).await?;
+    guard.flush_usage().await;
+    drop(lock);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down");
+}

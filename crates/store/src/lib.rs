@@ -1,0 +1,137 @@
+//! Storage behind narrow traits owned by the domain: [`Store`] for tenants, users, keys,
+//! sessions and the change feed; [`AuditStore`] for the chained audit log.
+//!
+//! Tenant data is reachable only through methods that take a [`TenantScope`]; the few unscoped
+//! lookups (key by hash, session by hash, user by email) exist for authentication, which by
+//! nature runs before a tenant is known, and return the row's tenant for the guard to check.
+//!
+//! SQL is written to port: TEXT ids, BIGINT unix-millisecond times, hex text for hashes.
+//! The embedded backend is SQLite; PostgreSQL fills the same traits next.
+#![forbid(unsafe_code)]
+
+mod models;
+pub mod sqlite;
+
+pub use models::*;
+
+use async_trait::async_trait;
+use portcullis_core::audit::{AuditEvent, AuditRecord};
+use portcullis_core::{KeyId, TenantId, TenantScope, UserId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &e {
+            if db.is_unique_violation() {
+                return StoreError::Conflict(String::from("a record with the same unique value"));
+            }
+        }
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn ping(&self) -> Result<()>;
+
+    // Tenants: operator scope.
+    async fn create_tenant(&self, tenant: &Tenant) -> Result<()>;
+    async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>>;
+    async fn list_tenants(&self, after: Option<&str>, limit: u32) -> Result<Vec<Tenant>>;
+    /// Returns false when no such tenant. Records a `tenant` change.
+    async fn set_tenant_status(&self, id: &TenantId, status: TenantStatus, now_ms: i64) -> Result<bool>;
+
+    // Users.
+    async fn create_user(&self, user: &User) -> Result<()>;
+    /// Login lookup (unscoped by nature: the tenant is not known before the password is checked).
+    async fn find_user_by_email(&self, email: &str) -> Result<Option<User>>;
+    /// Session resolution (unscoped: the session row names the user).
+    async fn get_user_unscoped(&self, id: &UserId) -> Result<Option<User>>;
+    async fn get_user(&self, scope: &TenantScope, id: &UserId) -> Result<Option<User>>;
+    async fn list_users(&self, scope: &TenantScope, after: Option<&str>, limit: u32) -> Result<Vec<User>>;
+    async fn list_operators(&self) -> Result<Vec<User>>;
+    async fn count_operators(&self) -> Result<u64>;
+
+    // API keys.
+    async fn create_key(&self, scope: &TenantScope, key: &ApiKeyRecord) -> Result<()>;
+    /// Authentication lookup by `HMAC(pepper, key)`.
+    async fn find_key_by_hash(&self, hash_hex: &str) -> Result<Option<ApiKeyRecord>>;
+    async fn get_key(&self, scope: &TenantScope, id: &KeyId) -> Result<Option<ApiKeyRecord>>;
+    async fn list_keys(&self, scope: &TenantScope, after: Option<&str>, limit: u32) -> Result<Vec<ApiKeyRecord>>;
+    /// Returns false when the key is not in scope or already revoked. Records a `key` change.
+    async fn revoke_key(&self, scope: &TenantScope, id: &KeyId, now_ms: i64) -> Result<bool>;
+    /// Inserts `new` and ends the old key's validity at `old_valid_until_ms`, atomically.
+    async fn rotate_key(
+        &self,
+        scope: &TenantScope,
+        old: &KeyId,
+        new: &ApiKeyRecord,
+        old_valid_until_ms: i64,
+    ) -> Result<bool>;
+    async fn touch_keys(&self, used: &[(KeyId, i64)]) -> Result<()>;
+    /// Which tenant owns a key id, if any: used only to label cross-tenant probes in the audit.
+    async fn key_owner(&self, id: &KeyId) -> Result<Option<TenantId>>;
+    async fn user_owner(&self, id: &UserId) -> Result<Option<Option<TenantId>>>;
+
+    // Login sessions.
+    async fn create_session(&self, session: &SessionRecord) -> Result<()>;
+    async fn find_session(&self, token_hash_hex: &str) -> Result<Option<SessionRecord>>;
+    async fn revoke_session(&self, id: &str, now_ms: i64) -> Result<bool>;
+
+    // Change feed: how caches in this and other processes learn of revocations.
+    async fn changes_since(&self, seq: i64, limit: u32) -> Result<Vec<Change>>;
+    async fn latest_change_seq(&self) -> Result<i64>;
+}
+
+/// Where a batch of chained records is also written (the JSONL files). Called inside the
+/// database transaction, after the records are chained and before commit, so a failed file write
+/// aborts the batch and a failed commit undoes the file write.
+pub trait ChainSink: Send + Sync {
+    fn write(&self, records: &[AuditRecord]) -> std::result::Result<SinkUndo, String>;
+    fn undo(&self, undo: SinkUndo);
+}
+
+/// What a sink needs to take a write back: file paths and their lengths before the write.
+#[derive(Debug, Default)]
+pub struct SinkUndo(pub Vec<(std::path::PathBuf, u64)>);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("audit sink failed: {0}")]
+    Sink(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[async_trait]
+pub trait AuditStore: Send + Sync + 'static {
+    async fn ping(&self) -> Result<()>;
+    /// Chains `events` after the writer's head, writes them to `sink`, inserts them, commits.
+    async fn append(
+        &self,
+        writer_id: &str,
+        events: Vec<AuditEvent>,
+        sink: &dyn ChainSink,
+    ) -> std::result::Result<Vec<AuditRecord>, AppendError>;
+    /// Inserts records that already carry their chain (recovery of a file that got ahead of the
+    /// database when the process died between file write and commit).
+    async fn import(&self, records: &[AuditRecord]) -> Result<()>;
+    async fn head(&self, writer_id: &str) -> Result<Option<ChainHead>>;
+    async fn heads(&self) -> Result<Vec<ChainHead>>;
+    async fn insert_checkpoint(&self, cp: &Checkpoint) -> Result<()>;
+    async fn checkpoints(&self) -> Result<Vec<Checkpoint>>;
+    /// Every record of a writer in seq order (verification).
+    async fn chain(&self, writer_id: &str) -> Result<Vec<AuditRecord>>;
+    async fn query(&self, filter: &AuditFilter) -> Result<Vec<(i64, AuditRecord)>>;
+}

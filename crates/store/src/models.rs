@@ -1,0 +1,158 @@
+use portcullis_core::{KeyId, Role, TenantId, Tier, UserId};
+use serde_json::Value;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TenantStatus {
+    Active,
+    Suspended,
+}
+
+impl TenantStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantStatus::Active => "active",
+            TenantStatus::Suspended => "suspended",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(TenantStatus::Active),
+            "suspended" => Some(TenantStatus::Suspended),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub name: String,
+    pub tier: Tier,
+    pub status: TenantStatus,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct User {
+    pub id: UserId,
+    /// `None` for platform operators.
+    pub tenant_id: Option<TenantId>,
+    pub email: String,
+    /// Argon2id PHC string. Never serialised into any response.
+    pub password_hash: String,
+    /// `None` for platform operators.
+    pub role: Option<Role>,
+    pub disabled: bool,
+    pub created_at_ms: i64,
+    pub created_by: String,
+}
+
+impl User {
+    pub fn is_operator(&self) -> bool {
+        self.tenant_id.is_none()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ApiKeyRecord {
+    pub id: KeyId,
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub role: Role,
+    pub scopes: Vec<String>,
+    /// `pc_` + 8 characters, for recognising a key in listings.
+    pub prefix: String,
+    /// Hex of `HMAC-SHA-256(pepper, key)`. Never serialised into any response.
+    pub hash_hex: String,
+    pub created_at_ms: i64,
+    pub created_by: String,
+    pub expires_at_ms: Option<i64>,
+    pub revoked_at_ms: Option<i64>,
+    pub last_used_at_ms: Option<i64>,
+    pub rotated_from: Option<KeyId>,
+    pub rotated_to: Option<KeyId>,
+}
+
+#[derive(Clone, Debug)]
+pub struct SessionRecord {
+    pub id: String,
+    pub token_hash_hex: String,
+    pub user_id: UserId,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub revoked_at_ms: Option<i64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    Key,
+    Tenant,
+    Session,
+    User,
+}
+
+impl ChangeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Key => "key",
+            ChangeKind::Tenant => "tenant",
+            ChangeKind::Session => "session",
+            ChangeKind::User => "user",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "key" => Some(ChangeKind::Key),
+            "tenant" => Some(ChangeKind::Tenant),
+            "session" => Some(ChangeKind::Session),
+            "user" => Some(ChangeKind::User),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Change {
+    pub seq: i64,
+    pub kind: ChangeKind,
+    pub entity_id: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainHead {
+    pub writer_id: String,
+    pub seq: u64,
+    pub hash: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    pub writer_id: String,
+    pub seq: u64,
+    pub hash: String,
+    pub timestamp: String,
+    /// Hex Ed25519 signature over `checkpoint_message(writer_id, seq, hash, timestamp)`.
+    pub signature: String,
+    /// Hex Ed25519 public key that made it.
+    pub public_key: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    /// `None` reads every tenant (operators only; the caller enforces that).
+    pub tenant_id: Option<String>,
+    pub user_id: Option<String>,
+    pub action: Option<String>,
+    pub result: Option<String>,
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    /// Return rows with a smaller row id than this (newest first paging).
+    pub before_id: Option<i64>,
+    pub limit: u32,
+}
+
+pub fn metadata_text(v: &Value) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| String::from("{}"))
+}

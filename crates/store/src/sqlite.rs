@@ -1,0 +1,801 @@
+//! The embedded backend: SQLite in WAL mode. The main store and the audit log live in two
+//! database files (`portcullis.db`, `audit.db`) so that the audit writer's group commit never
+//! waits on, or blocks, an administrative write.
+//!
+//! Durability: WAL with `synchronous=NORMAL` survives a killed process (the WAL is written before
+//! commit returns); `synchronous=FULL` (audit with `fsync = true`) also survives power loss.
+use crate::*;
+use portcullis_core::audit::{AuditRecord, AuditResult, GENESIS_HASH};
+use portcullis_core::{Role, Tier};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Ordered migrations of the main store. Append only; never edit a shipped entry.
+const MAIN_MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    r#"
+CREATE TABLE tenants (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+CREATE TABLE users (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NULL REFERENCES tenants(id),
+    email TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    role TEXT NULL,
+    disabled BOOLEAN NOT NULL DEFAULT FALSE,
+    created_at BIGINT NOT NULL,
+    created_by TEXT NOT NULL
+);
+CREATE INDEX users_tenant ON users(tenant_id, id);
+CREATE TABLE api_keys (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    key_hash TEXT NOT NULL UNIQUE,
+    created_at BIGINT NOT NULL,
+    created_by TEXT NOT NULL,
+    expires_at BIGINT NULL,
+    revoked_at BIGINT NULL,
+    last_used_at BIGINT NULL,
+    rotated_from TEXT NULL,
+    rotated_to TEXT NULL
+);
+CREATE INDEX api_keys_tenant ON api_keys(tenant_id, id);
+CREATE TABLE sessions (
+    id TEXT PRIMARY KEY,
+    token_hash TEXT NOT NULL UNIQUE,
+    user_id TEXT NOT NULL REFERENCES users(id),
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    revoked_at BIGINT NULL
+);
+CREATE TABLE changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    entity_id TEXT NOT NULL,
+    at BIGINT NOT NULL
+);
+"#,
+)];
+
+const AUDIT_MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    r#"
+CREATE TABLE audit_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    writer_id TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    ts_ms BIGINT NOT NULL,
+    timestamp TEXT NOT NULL,
+    tenant_id TEXT NULL,
+    user_id TEXT NULL,
+    action TEXT NOT NULL,
+    resource_type TEXT NULL,
+    resource_id TEXT NULL,
+    result TEXT NOT NULL,
+    reason TEXT NULL,
+    metadata TEXT NOT NULL,
+    ip_address TEXT NULL,
+    user_agent TEXT NULL,
+    request_id TEXT NULL,
+    UNIQUE (writer_id, seq)
+);
+CREATE INDEX audit_tenant_time ON audit_events(tenant_id, ts_ms);
+CREATE TABLE audit_heads (
+    writer_id TEXT PRIMARY KEY,
+    seq BIGINT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TABLE audit_checkpoints (
+    writer_id TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    hash TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    PRIMARY KEY (writer_id, seq)
+);
+"#,
+)];
+
+async fn open_pool(path: &Path, full_sync: bool, max: u32) -> Result<SqlitePool> {
+    let opts = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(if full_sync { SqliteSynchronous::Full } else { SqliteSynchronous::Normal })
+        .busy_timeout(Duration::from_secs(10))
+        .foreign_keys(true);
+    Ok(SqlitePoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(opts)
+        .await?)
+}
+
+async fn migrate(pool: &SqlitePool, migrations: &[(i64, &str)]) -> Result<()> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations").fetch_all(&mut *tx).await?;
+    for (version, sql) in migrations {
+        if applied.contains(version) {
+            continue;
+        }
+        sqlx::raw_sql(sql).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (?, 0)")
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+fn corrupt(what: &str, v: &str) -> StoreError {
+    StoreError::Corrupt(format!("{what} `{v}`"))
+}
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn open(path: &Path) -> Result<Self> {
+        let pool = open_pool(path, false, 8).await?;
+        migrate(&pool, MAIN_MIGRATIONS).await?;
+        Ok(Self { pool })
+    }
+
+    async fn record_change(tx: &mut sqlx::SqliteConnection, kind: ChangeKind, id: &str, now_ms: i64) -> Result<()> {
+        sqlx::query("INSERT INTO changes (kind, entity_id, at) VALUES (?, ?, ?)")
+            .bind(kind.as_str())
+            .bind(id)
+            .bind(now_ms)
+            .execute(tx)
+            .await?;
+        Ok(())
+    }
+}
+
+fn tenant_from(row: &SqliteRow) -> Result<Tenant> {
+    let id: String = row.try_get("id")?;
+    let tier: String = row.try_get("tier")?;
+    let status: String = row.try_get("status")?;
+    Ok(Tenant {
+        id: TenantId::parse(&id).map_err(|_| corrupt("tenant id", &id))?,
+        name: row.try_get("name")?,
+        tier: Tier::from_str(&tier).map_err(|_| corrupt("tier", &tier))?,
+        status: TenantStatus::parse(&status).ok_or_else(|| corrupt("status", &status))?,
+        created_at_ms: row.try_get("created_at")?,
+        updated_at_ms: row.try_get("updated_at")?,
+    })
+}
+
+fn user_from(row: &SqliteRow) -> Result<User> {
+    let id: String = row.try_get("id")?;
+    let tenant: Option<String> = row.try_get("tenant_id")?;
+    let role: Option<String> = row.try_get("role")?;
+    Ok(User {
+        id: UserId::parse(&id).map_err(|_| corrupt("user id", &id))?,
+        tenant_id: match tenant {
+            Some(t) => Some(TenantId::parse(&t).map_err(|_| corrupt("tenant id", &t))?),
+            None => None,
+        },
+        email: row.try_get("email")?,
+        password_hash: row.try_get("password_hash")?,
+        role: match role {
+            Some(r) => Some(Role::from_str(&r).map_err(|_| corrupt("role", &r))?),
+            None => None,
+        },
+        disabled: row.try_get("disabled")?,
+        created_at_ms: row.try_get("created_at")?,
+        created_by: row.try_get("created_by")?,
+    })
+}
+
+fn opt_key_id(v: Option<String>) -> Result<Option<KeyId>> {
+    match v {
+        Some(s) => Ok(Some(KeyId::parse(&s).map_err(|_| corrupt("key id", &s))?)),
+        None => Ok(None),
+    }
+}
+
+fn key_from(row: &SqliteRow) -> Result<ApiKeyRecord> {
+    let id: String = row.try_get("id")?;
+    let tenant: String = row.try_get("tenant_id")?;
+    let role: String = row.try_get("role")?;
+    let scopes: String = row.try_get("scopes")?;
+    Ok(ApiKeyRecord {
+        id: KeyId::parse(&id).map_err(|_| corrupt("key id", &id))?,
+        tenant_id: TenantId::parse(&tenant).map_err(|_| corrupt("tenant id", &tenant))?,
+        name: row.try_get("name")?,
+        role: Role::from_str(&role).map_err(|_| corrupt("role", &role))?,
+        scopes: serde_json::from_str(&scopes).map_err(|_| corrupt("scopes", &scopes))?,
+        prefix: row.try_get("prefix")?,
+        hash_hex: row.try_get("key_hash")?,
+        created_at_ms: row.try_get("created_at")?,
+        created_by: row.try_get("created_by")?,
+        expires_at_ms: row.try_get("expires_at")?,
+        revoked_at_ms: row.try_get("revoked_at")?,
+        last_used_at_ms: row.try_get("last_used_at")?,
+        rotated_from: opt_key_id(row.try_get("rotated_from")?)?,
+        rotated_to: opt_key_id(row.try_get("rotated_to")?)?,
+    })
+}
+
+fn session_from(row: &SqliteRow) -> Result<SessionRecord> {
+    let user: String = row.try_get("user_id")?;
+    Ok(SessionRecord {
+        id: row.try_get("id")?,
+        token_hash_hex: row.try_get("token_hash")?,
+        user_id: UserId::parse(&user).map_err(|_| corrupt("user id", &user))?,
+        created_at_ms: row.try_get("created_at")?,
+        expires_at_ms: row.try_get("expires_at")?,
+        revoked_at_ms: row.try_get("revoked_at")?,
+    })
+}
+
+const KEY_COLUMNS: &str = "id, tenant_id, name, role, scopes, prefix, key_hash, created_at, created_by, expires_at, revoked_at, last_used_at, rotated_from, rotated_to";
+
+async fn insert_key(conn: &mut sqlx::SqliteConnection, k: &ApiKeyRecord) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO api_keys (id, tenant_id, name, role, scopes, prefix, key_hash, created_at, created_by, expires_at, revoked_at, last_used_at, rotated_from, rotated_to) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(k.id.as_str())
+    .bind(k.tenant_id.as_str())
+    .bind(&k.name)
+    .bind(k.role.as_str())
+    .bind(serde_json::to_string(&k.scopes).unwrap_or_else(|_| String::from("[]")))
+    .bind(&k.prefix)
+    .bind(&k.hash_hex)
+    .bind(k.created_at_ms)
+    .bind(&k.created_by)
+    .bind(k.expires_at_ms)
+    .bind(k.revoked_at_ms)
+    .bind(k.last_used_at_ms)
+    .bind(k.rotated_from.as_ref().map(|v| v.as_str()))
+    .bind(k.rotated_to.as_ref().map(|v| v.as_str()))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn create_tenant(&self, t: &Tenant) -> Result<()> {
+        sqlx::query("INSERT INTO tenants (id, name, tier, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(t.id.as_str())
+            .bind(&t.name)
+            .bind(t.tier.as_str())
+            .bind(t.status.as_str())
+            .bind(t.created_at_ms)
+            .bind(t.updated_at_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>> {
+        let row =
+            sqlx::query("SELECT * FROM tenants WHERE id = ?").bind(id.as_str()).fetch_optional(&self.pool).await?;
+        row.as_ref().map(tenant_from).transpose()
+    }
+
+    async fn list_tenants(&self, after: Option<&str>, limit: u32) -> Result<Vec<Tenant>> {
+        let rows = sqlx::query("SELECT * FROM tenants WHERE id > ? ORDER BY id LIMIT ?")
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(tenant_from).collect()
+    }
+
+    async fn set_tenant_status(&self, id: &TenantId, status: TenantStatus, now_ms: i64) -> Result<bool> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let n = sqlx::query("UPDATE tenants SET status = ?, updated_at = ? WHERE id = ?")
+            .bind(status.as_str())
+            .bind(now_ms)
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n > 0 {
+            Self::record_change(&mut tx, ChangeKind::Tenant, id.as_str(), now_ms).await?;
+        }
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    async fn create_user(&self, u: &User) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO users (id, tenant_id, email, password_hash, role, disabled, created_at, created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(u.id.as_str())
+        .bind(u.tenant_id.as_ref().map(|t| t.as_str()))
+        .bind(&u.email)
+        .bind(&u.password_hash)
+        .bind(u.role.map(|r| r.as_str()))
+        .bind(u.disabled)
+        .bind(u.created_at_ms)
+        .bind(&u.created_by)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| match StoreError::from(e) {
+            StoreError::Conflict(_) => StoreError::Conflict(format!("user `{}`", u.email)),
+            other => other,
+        })?;
+        Ok(())
+    }
+
+    async fn find_user_by_email(&self, email: &str) -> Result<Option<User>> {
+        let row = sqlx::query("SELECT * FROM users WHERE email = ?").bind(email).fetch_optional(&self.pool).await?;
+        row.as_ref().map(user_from).transpose()
+    }
+
+    async fn get_user_unscoped(&self, id: &UserId) -> Result<Option<User>> {
+        let row = sqlx::query("SELECT * FROM users WHERE id = ?").bind(id.as_str()).fetch_optional(&self.pool).await?;
+        row.as_ref().map(user_from).transpose()
+    }
+
+    async fn get_user(&self, scope: &TenantScope, id: &UserId) -> Result<Option<User>> {
+        let row = sqlx::query("SELECT * FROM users WHERE tenant_id = ? AND id = ?")
+            .bind(scope.tenant_id().as_str())
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(user_from).transpose()
+    }
+
+    async fn list_users(&self, scope: &TenantScope, after: Option<&str>, limit: u32) -> Result<Vec<User>> {
+        let rows = sqlx::query("SELECT * FROM users WHERE tenant_id = ? AND id > ? ORDER BY id LIMIT ?")
+            .bind(scope.tenant_id().as_str())
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(user_from).collect()
+    }
+
+    async fn list_operators(&self) -> Result<Vec<User>> {
+        let rows = sqlx::query("SELECT * FROM users WHERE tenant_id IS NULL ORDER BY id").fetch_all(&self.pool).await?;
+        rows.iter().map(user_from).collect()
+    }
+
+    async fn count_operators(&self) -> Result<u64> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE tenant_id IS NULL").fetch_one(&self.pool).await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn create_key(&self, scope: &TenantScope, key: &ApiKeyRecord) -> Result<()> {
+        if key.tenant_id != *scope.tenant_id() {
+            return Err(StoreError::Corrupt(String::from("key tenant differs from scope")));
+        }
+        let mut conn = self.pool.acquire().await?;
+        insert_key(&mut conn, key).await
+    }
+
+    async fn find_key_by_hash(&self, hash_hex: &str) -> Result<Option<ApiKeyRecord>> {
+        let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = ?"))
+            .bind(hash_hex)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(key_from).transpose()
+    }
+
+    async fn get_key(&self, scope: &TenantScope, id: &KeyId) -> Result<Option<ApiKeyRecord>> {
+        let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE tenant_id = ? AND id = ?"))
+            .bind(scope.tenant_id().as_str())
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(key_from).transpose()
+    }
+
+    async fn list_keys(&self, scope: &TenantScope, after: Option<&str>, limit: u32) -> Result<Vec<ApiKeyRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE tenant_id = ? AND id > ? ORDER BY id LIMIT ?"
+        ))
+        .bind(scope.tenant_id().as_str())
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(key_from).collect()
+    }
+
+    async fn revoke_key(&self, scope: &TenantScope, id: &KeyId, now_ms: i64) -> Result<bool> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let n = sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE tenant_id = ? AND id = ? AND revoked_at IS NULL")
+            .bind(now_ms)
+            .bind(scope.tenant_id().as_str())
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n > 0 {
+            Self::record_change(&mut tx, ChangeKind::Key, id.as_str(), now_ms).await?;
+        }
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    async fn rotate_key(
+        &self,
+        scope: &TenantScope,
+        old: &KeyId,
+        new: &ApiKeyRecord,
+        old_valid_until_ms: i64,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        // The old key keeps the earlier of its own expiry and the end of the grace period.
+        let n = sqlx::query(
+            "UPDATE api_keys SET rotated_to = ?, expires_at = CASE WHEN expires_at IS NULL OR expires_at > ? THEN ? ELSE expires_at END \
+             WHERE tenant_id = ? AND id = ? AND revoked_at IS NULL AND rotated_to IS NULL",
+        )
+        .bind(new.id.as_str())
+        .bind(old_valid_until_ms)
+        .bind(old_valid_until_ms)
+        .bind(scope.tenant_id().as_str())
+        .bind(old.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Ok(false);
+        }
+        insert_key(&mut tx, new).await?;
+        Self::record_change(&mut tx, ChangeKind::Key, old.as_str(), new.created_at_ms).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn touch_keys(&self, used: &[(KeyId, i64)]) -> Result<()> {
+        if used.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for (id, at) in used {
+            sqlx::query(
+                "UPDATE api_keys SET last_used_at = ? WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)",
+            )
+            .bind(at)
+            .bind(id.as_str())
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn key_owner(&self, id: &KeyId) -> Result<Option<TenantId>> {
+        let t: Option<String> = sqlx::query_scalar("SELECT tenant_id FROM api_keys WHERE id = ?")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(t.and_then(|t| TenantId::parse(&t).ok()))
+    }
+
+    async fn user_owner(&self, id: &UserId) -> Result<Option<Option<TenantId>>> {
+        let t: Option<Option<String>> = sqlx::query_scalar("SELECT tenant_id FROM users WHERE id = ?")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(t.map(|t| t.and_then(|t| TenantId::parse(&t).ok())))
+    }
+
+    async fn create_session(&self, s: &SessionRecord) -> Result<()> {
+        sqlx::query("INSERT INTO sessions (id, token_hash, user_id, created_at, expires_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(&s.id)
+            .bind(&s.token_hash_hex)
+            .bind(s.user_id.as_str())
+            .bind(s.created_at_ms)
+            .bind(s.expires_at_ms)
+            .bind(s.revoked_at_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn find_session(&self, token_hash_hex: &str) -> Result<Option<SessionRecord>> {
+        let row = sqlx::query("SELECT * FROM sessions WHERE token_hash = ?")
+            .bind(token_hash_hex)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(session_from).transpose()
+    }
+
+    async fn revoke_session(&self, id: &str, now_ms: i64) -> Result<bool> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let n = sqlx::query("UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+            .bind(now_ms)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n > 0 {
+            Self::record_change(&mut tx, ChangeKind::Session, id, now_ms).await?;
+        }
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    async fn changes_since(&self, seq: i64, limit: u32) -> Result<Vec<Change>> {
+        let rows = sqlx::query("SELECT seq, kind, entity_id FROM changes WHERE seq > ? ORDER BY seq LIMIT ?")
+            .bind(seq)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let kind: String = r.try_get("kind")?;
+            out.push(Change {
+                seq: r.try_get("seq")?,
+                kind: ChangeKind::parse(&kind).ok_or_else(|| corrupt("change kind", &kind))?,
+                entity_id: r.try_get("entity_id")?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn latest_change_seq(&self) -> Result<i64> {
+        let n: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM changes").fetch_one(&self.pool).await?;
+        Ok(n.unwrap_or(0))
+    }
+}
+
+/// The audit log in `audit.db`.
+#[derive(Clone)]
+pub struct SqliteAuditStore {
+    pool: SqlitePool,
+}
+
+impl SqliteAuditStore {
+    /// `full_sync` = the `audit.fsync` setting.
+    pub async fn open(path: &Path, full_sync: bool) -> Result<Self> {
+        let pool = open_pool(path, full_sync, 4).await?;
+        migrate(&pool, AUDIT_MIGRATIONS).await?;
+        Ok(Self { pool })
+    }
+
+    /// Direct access for tests and tools that must inspect raw rows.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+fn record_from(row: &SqliteRow) -> Result<(i64, AuditRecord)> {
+    let result: String = row.try_get("result")?;
+    let metadata: String = row.try_get("metadata")?;
+    let seq: i64 = row.try_get("seq")?;
+    Ok((
+        row.try_get("id")?,
+        AuditRecord {
+            writer_id: row.try_get("writer_id")?,
+            seq: u64::try_from(seq).map_err(|_| corrupt("seq", &seq.to_string()))?,
+            prev_hash: row.try_get("prev_hash")?,
+            timestamp: row.try_get("timestamp")?,
+            tenant_id: row.try_get("tenant_id")?,
+            user_id: row.try_get("user_id")?,
+            action: row.try_get("action")?,
+            resource_type: row.try_get("resource_type")?,
+            resource_id: row.try_get("resource_id")?,
+            result: AuditResult::parse(&result).ok_or_else(|| corrupt("result", &result))?,
+            reason: row.try_get("reason")?,
+            metadata: serde_json::from_str(&metadata).map_err(|_| corrupt("metadata", &metadata))?,
+            ip_address: row.try_get("ip_address")?,
+            user_agent: row.try_get("user_agent")?,
+            request_id: row.try_get("request_id")?,
+            hash: row.try_get("hash")?,
+        },
+    ))
+}
+
+async fn insert_records(conn: &mut sqlx::SqliteConnection, records: &[AuditRecord]) -> Result<()> {
+    for r in records {
+        let ts_ms = portcullis_core::timefmt::parse_rfc3339_ms(&r.timestamp).unwrap_or(0);
+        sqlx::query(
+            "INSERT INTO audit_events (writer_id, seq, prev_hash, hash, ts_ms, timestamp, tenant_id, user_id, action, resource_type, resource_id, result, reason, metadata, ip_address, user_agent, request_id) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&r.writer_id)
+        .bind(i64::try_from(r.seq).unwrap_or(i64::MAX))
+        .bind(&r.prev_hash)
+        .bind(&r.hash)
+        .bind(ts_ms)
+        .bind(&r.timestamp)
+        .bind(&r.tenant_id)
+        .bind(&r.user_id)
+        .bind(&r.action)
+        .bind(&r.resource_type)
+        .bind(&r.resource_id)
+        .bind(r.result.as_str())
+        .bind(&r.reason)
+        .bind(metadata_text(&r.metadata))
+        .bind(&r.ip_address)
+        .bind(&r.user_agent)
+        .bind(&r.request_id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if let Some(last) = records.last() {
+        sqlx::query(
+            "INSERT INTO audit_heads (writer_id, seq, hash) VALUES (?, ?, ?) \
+             ON CONFLICT (writer_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+        )
+        .bind(&last.writer_id)
+        .bind(i64::try_from(last.seq).unwrap_or(i64::MAX))
+        .bind(&last.hash)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+fn head_from(row: &SqliteRow) -> Result<ChainHead> {
+    let seq: i64 = row.try_get("seq")?;
+    Ok(ChainHead {
+        writer_id: row.try_get("writer_id")?,
+        seq: u64::try_from(seq).unwrap_or(0),
+        hash: row.try_get("hash")?,
+    })
+}
+
+#[async_trait]
+impl AuditStore for SqliteAuditStore {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn append(
+        &self,
+        writer_id: &str,
+        events: Vec<AuditEvent>,
+        sink: &dyn ChainSink,
+    ) -> std::result::Result<Vec<AuditRecord>, AppendError> {
+        // BEGIN IMMEDIATE takes the write lock first, so two processes writing the same chain
+        // (e.g. two CLI invocations) serialise here and each reads the true head.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(StoreError::from)?;
+        let head = sqlx::query("SELECT writer_id, seq, hash FROM audit_heads WHERE writer_id = ?")
+            .bind(writer_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+        let (mut seq, mut prev) = match head.as_ref().map(head_from).transpose()? {
+            Some(h) => (h.seq, h.hash),
+            None => (0, String::from(GENESIS_HASH)),
+        };
+        let mut records = Vec::with_capacity(events.len());
+        for e in events {
+            seq += 1;
+            let r = AuditRecord::chain(writer_id, seq, &prev, e);
+            prev.clone_from(&r.hash);
+            records.push(r);
+        }
+        insert_records(&mut tx, &records).await?;
+        let undo = sink.write(&records).map_err(AppendError::Sink)?;
+        if let Err(e) = tx.commit().await {
+            sink.undo(undo);
+            return Err(AppendError::Store(e.into()));
+        }
+        Ok(records)
+    }
+
+    async fn import(&self, records: &[AuditRecord]) -> Result<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        insert_records(&mut tx, records).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn head(&self, writer_id: &str) -> Result<Option<ChainHead>> {
+        let row = sqlx::query("SELECT writer_id, seq, hash FROM audit_heads WHERE writer_id = ?")
+            .bind(writer_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(head_from).transpose()
+    }
+
+    async fn heads(&self) -> Result<Vec<ChainHead>> {
+        let rows = sqlx::query("SELECT writer_id, seq, hash FROM audit_heads ORDER BY writer_id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(head_from).collect()
+    }
+
+    async fn insert_checkpoint(&self, cp: &Checkpoint) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (writer_id, seq, hash, timestamp, signature, public_key) VALUES (?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (writer_id, seq) DO NOTHING",
+        )
+        .bind(&cp.writer_id)
+        .bind(i64::try_from(cp.seq).unwrap_or(i64::MAX))
+        .bind(&cp.hash)
+        .bind(&cp.timestamp)
+        .bind(&cp.signature)
+        .bind(&cp.public_key)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn checkpoints(&self) -> Result<Vec<Checkpoint>> {
+        let rows = sqlx::query("SELECT * FROM audit_checkpoints ORDER BY writer_id, seq").fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                let seq: i64 = r.try_get("seq")?;
+                Ok(Checkpoint {
+                    writer_id: r.try_get("writer_id")?,
+                    seq: u64::try_from(seq).unwrap_or(0),
+                    hash: r.try_get("hash")?,
+                    timestamp: r.try_get("timestamp")?,
+                    signature: r.try_get("signature")?,
+                    public_key: r.try_get("public_key")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn chain(&self, writer_id: &str) -> Result<Vec<AuditRecord>> {
+        let rows = sqlx::query("SELECT * FROM audit_events WHERE writer_id = ? ORDER BY seq")
+            .bind(writer_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| record_from(r).map(|(_, rec)| rec)).collect()
+    }
+
+    async fn query(&self, f: &AuditFilter) -> Result<Vec<(i64, AuditRecord)>> {
+        // Every filter is a bound parameter; absent filters compare against NULL and pass.
+        let rows = sqlx::query(
+            "SELECT * FROM audit_events WHERE \
+             (? IS NULL OR tenant_id = ?) AND (? IS NULL OR user_id = ?) AND (? IS NULL OR action = ?) \
+             AND (? IS NULL OR result = ?) AND (? IS NULL OR ts_ms >= ?) AND (? IS NULL OR ts_ms < ?) \
+             AND (? IS NULL OR id < ?) ORDER BY id DESC LIMIT ?",
+        )
+        .bind(&f.tenant_id)
+        .bind(&f.tenant_id)
+        .bind(&f.user_id)
+        .bind(&f.user_id)
+        .bind(&f.action)
+        .bind(&f.action)
+        .bind(&f.result)
+        .bind(&f.result)
+        .bind(f.from_ms)
+        .bind(f.from_ms)
+        .bind(f.to_ms)
+        .bind(f.to_ms)
+        .bind(f.before_id)
+        .bind(f.before_id)
+        .bind(i64::from(f.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(record_from).collect()
+    }
+}
