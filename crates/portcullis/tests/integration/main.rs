@@ -1,0 +1,13 @@
+//! The one integration-test binary: the real `portcullis` binary over real HTTP, each area a
+//! module, shared fixtures in `harness`. Servers bind port 0 and get their own data dir.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests fail loudly")]
+
+mod harness;
+
+mod audit;
+mod cli;
+mod http;
+mod isolation;
+mod jwt;
+mod keys;
+mod rbac;
