@@ -14,7 +14,7 @@ pub const MAX_LIFETIME_SECS: i64 = 5 * 365 * 86_400;
 pub enum AdminError {
     #[error("{0}")]
     Invalid(String),
-    #[error("{0} already exists")]
+    #[error("{0}")]
     Conflict(String),
     #[error(transparent)]
     Guard(#[from] GuardError),
@@ -142,7 +142,7 @@ impl Guard {
         let email = normalise_email(email)?;
         password::check_policy(pw).map_err(AdminError::Invalid)?;
         if self.store.find_user_by_email(&email).await?.is_some() {
-            return Err(AdminError::Conflict(format!("user `{email}`")));
+            return Err(AdminError::Conflict(format!("user `{email}` already exists")));
         }
         let candidate = pw.to_owned();
         let hash = tokio::task::spawn_blocking(move || password::hash(&candidate))
@@ -245,7 +245,7 @@ impl Guard {
         let now = self.now_ms();
         if old.revoked_at_ms.is_some() || old.expires_at_ms.is_some_and(|e| e <= now) || old.rotated_to.is_some() {
             return Err(AdminError::Conflict(String::from(
-                "a rotation of this key (only an active key that was not rotated yet can be rotated), or a revocation,",
+                "only an active key that was not rotated yet can be rotated; this one is revoked, expired or already rotated",
             )));
         }
         let (key, prefix, hash_hex) = self.mint()?;
@@ -273,7 +273,7 @@ impl Guard {
         e.metadata = serde_json::json!({ "new_key_id": new.id.to_string(), "new_prefix": new.prefix, "old_valid_until": rfc3339_ms(old_until) });
         self.record(e).await?;
         if !self.store.rotate_key(scope, &old.id, &new, old_until).await? {
-            return Err(AdminError::Conflict(String::from("a concurrent rotation or revocation")));
+            return Err(AdminError::Conflict(String::from("a concurrent rotation or revocation changed this key")));
         }
         self.invalidate_key(&old.id);
         Ok((key, new))

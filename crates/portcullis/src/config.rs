@@ -184,7 +184,8 @@ pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
     }
     fig = fig.merge(Env::prefixed("PORTCULLIS_").split("__").filter(|k| {
         let k = k.as_str().to_ascii_lowercase();
-        ENV_KEYS.iter().any(|n| k == *n || k.starts_with(&format!("{n}.")))
+        // `PORTCULLIS_LOG` itself is the log filter (like `RUST_LOG`), not the `[log]` section.
+        ENV_KEYS.iter().any(|n| (k == *n && k != "log") || k.starts_with(&format!("{n}.")))
     }));
     let cfg: Config = fig.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     for name in cfg.tiers.keys() {

@@ -79,7 +79,8 @@ impl Server {
     /// (Re)starts the process on the same data dir and waits until it listens.
     pub fn spawn(&mut self) {
         let listen = if self.addr.is_empty() { String::from("127.0.0.1:0") } else { self.addr.clone() };
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("server.log")).unwrap();
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("server.log")).unwrap();
         let mut child = self
             .command()
             .env("PORTCULLIS_LISTEN", &listen)
@@ -192,7 +193,7 @@ impl Server {
 
     /// (user id, email, password) of a new tenant user.
     pub fn create_user(&self, op: &str, tenant: &str, role: &str) -> (String, String, String) {
-        let email = format!("{role}-{}@example.test", &uuid_like()[..8]);
+        let email = format!("{role}-{}@example.test", uuid_like());
         let password = String::from("correct horse battery staple");
         let r = self
             .post("/v1/users")
