@@ -41,10 +41,9 @@ impl JsonlSink {
         }
         if self.fsync {
             f.sync_data().map_err(|e| format!("fsync {}: {e}", path.display()))?;
-            if !existed {
-                if let Ok(d) = File::open(&self.dir) {
-                    let _ = d.sync_all();
-                }
+            // A new file's directory entry must be durable too.
+            if !existed && let Ok(d) = File::open(&self.dir) {
+                let _ = d.sync_all();
             }
         }
         Ok(before)

@@ -262,15 +262,13 @@ async fn recover(store: &dyn AuditStore, sink: &JsonlSink, writer_id: &str) -> R
     }
     ahead.sort_by_key(|r| r.seq);
     let mut prev = head_hash;
-    let mut expected = head_seq + 1;
-    for r in &ahead {
+    for (expected, r) in (head_seq + 1..).zip(ahead.iter()) {
         if r.seq != expected || r.prev_hash != prev || r.compute_hash() != r.hash {
             return Err(format!(
                 "audit file has records of writer `{writer_id}` past the database head (seq {head_seq}) that do not chain; run `portcullis audit verify`"
             ));
         }
         prev.clone_from(&r.hash);
-        expected += 1;
     }
     store.import(&ahead).await.map_err(|e| format!("audit recovery: {e}"))?;
     tracing::warn!(writer_id, records = ahead.len(), "recovered audit records written to file before a crash");

@@ -256,11 +256,11 @@ impl Guard {
         let Some(tenant) = principal.tenant_id.clone() else {
             return Err(GuardError::Forbidden("principal without tenant"));
         };
-        if let Some(raw) = x_tenant_id {
-            if raw != tenant.as_str() {
-                self.record(denied("x_tenant_id_mismatch", "cross_tenant_access_blocked")).await?;
-                return Err(GuardError::Forbidden("X-Tenant-ID does not match the credential's tenant"));
-            }
+        if let Some(raw) = x_tenant_id
+            && raw != tenant.as_str()
+        {
+            self.record(denied("x_tenant_id_mismatch", "cross_tenant_access_blocked")).await?;
+            return Err(GuardError::Forbidden("X-Tenant-ID does not match the credential's tenant"));
         }
         let role = principal.role.ok_or(GuardError::Forbidden("principal without role"))?;
         if !permission.granted_to(role) {

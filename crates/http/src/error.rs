@@ -99,10 +99,10 @@ impl IntoResponse for ApiError {
         };
         let retry = if let ApiError::Throttled(s) = self { Some(s) } else { None };
         let mut res = status.into_response();
-        if let Some(s) = retry {
-            if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
-                res.headers_mut().insert(header::RETRY_AFTER, v);
-            }
+        if let Some(s) = retry
+            && let Ok(v) = HeaderValue::from_str(&s.to_string())
+        {
+            res.headers_mut().insert(header::RETRY_AFTER, v);
         }
         res.extensions_mut().insert(Problem { kind, title, detail, retry_after_secs: retry });
         res

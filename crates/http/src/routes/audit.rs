@@ -52,10 +52,10 @@ pub async fn query(
             })
             .transpose()
     };
-    if let Some(r) = &p.result {
-        if AuditResult::parse(r).is_none() {
-            return Err(ApiError::BadRequest(String::from("`result` must be success, denied or failure")));
-        }
+    if let Some(r) = &p.result
+        && AuditResult::parse(r).is_none()
+    {
+        return Err(ApiError::BadRequest(String::from("`result` must be success, denied or failure")));
     }
     let before_id = p
         .cursor

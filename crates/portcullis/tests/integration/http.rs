@@ -185,7 +185,8 @@ fn openapi_documents_every_route() {
             .send()
             .unwrap()
             .status();
-        assert!(st != 405 && !(st == 404 && !p.contains("{id}")), "{m} {p} → {st}");
+        let answered = st != 405 && (st != 404 || p.contains("{id}"));
+        assert!(answered, "{m} {p} → {st}");
     }
 }
 
