@@ -99,6 +99,17 @@ impl<P> Authed<P> {
         self.record(e).await
     }
 
+    /// Refuses the request (403) after auditing the refusal. Handlers use this for every
+    /// decision they make beyond the permission table, so no refusal goes unrecorded.
+    pub async fn deny(&self, action: &str, reason: &str, detail: &str) -> ApiError {
+        let mut e = self.event(action, AuditResult::Denied);
+        e.reason = Some(reason.to_owned());
+        match self.record(e).await {
+            Ok(()) => ApiError::Forbidden(detail.to_owned()),
+            Err(err) => err,
+        }
+    }
+
     /// A lookup by id found nothing in the caller's tenant: answer 404 like any missing id, and
     /// audit it. When the id belongs to another tenant, that tenant's log gets a
     /// `cross_tenant_access_blocked` event too (the caller's own log does not say so: no oracle).

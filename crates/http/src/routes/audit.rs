@@ -73,7 +73,9 @@ pub async fn query(
     } else {
         let own = a.scope()?.tenant_id().to_string();
         if p.tenant_id.as_ref().is_some_and(|t| *t != own) {
-            return Err(ApiError::Forbidden(String::from("`tenant_id` may only name the caller's own tenant")));
+            return Err(a
+                .deny("audit.query", "other_tenant_requested", "`tenant_id` may only name the caller's own tenant")
+                .await);
         }
         Some(own)
     };

@@ -31,7 +31,13 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<UserView>), ApiError> {
     let user = if body.role == "operator" {
         if !a.grant.principal.is_operator() || a.grant.scope.is_some() {
-            return Err(ApiError::Forbidden(String::from("only operators, without X-Tenant-ID, create operators")));
+            return Err(a
+                .deny(
+                    "user.create",
+                    "operator_creation_not_allowed",
+                    "only operators, without X-Tenant-ID, create operators",
+                )
+                .await);
         }
         a.app.guard.create_user(&a.grant, &a.meta, &body.email, &body.password, None).await?
     } else {
