@@ -66,6 +66,12 @@ impl ChainWalk {
     }
 }
 
+/// The record with `seq` in a chain sorted by seq (found by seq, not position, so one deleted
+/// row does not make every later record look different).
+fn by_seq(chain: &[AuditRecord], seq: u64) -> Option<&AuditRecord> {
+    chain.binary_search_by_key(&seq, |r| r.seq).ok().and_then(|i| chain.get(i))
+}
+
 pub async fn verify(store: &dyn AuditStore, dir: &Path, trusted_key: &VerifyingKey) -> Result<VerifyReport, String> {
     let mut problems = Vec::new();
     let mut writers = Vec::new();
@@ -133,13 +139,13 @@ pub async fn verify(store: &dyn AuditStore, dir: &Path, trusted_key: &VerifyingK
             continue;
         }
         let chain = db.get(&cp.writer_id).map(Vec::as_slice).unwrap_or(&[]);
-        let at = usize::try_from(cp.seq).ok().and_then(|s| s.checked_sub(1)).and_then(|i| chain.get(i));
+        let at = by_seq(chain, cp.seq);
         match at {
             None => problems.push(format!(
                 "{origin}: checkpoint of writer `{}` covers seq {} but the database chain ends at seq {} (records truncated)",
                 cp.writer_id,
                 cp.seq,
-                chain.len()
+                chain.last().map(|r| r.seq).unwrap_or(0)
             )),
             Some(r) if r.hash != cp.hash => problems.push(format!(
                 "{origin}: checkpoint of writer `{}` at seq {} does not match the database record (history rewritten)",
@@ -174,9 +180,7 @@ pub async fn verify(store: &dyn AuditStore, dir: &Path, trusted_key: &VerifyingK
                 problems.push(format!("{at}: writer `{}`: {p}", r.writer_id));
             }
             last_at.clone_from(&at);
-            let db_rec = db
-                .get(&r.writer_id)
-                .and_then(|c| usize::try_from(r.seq).ok().and_then(|s| s.checked_sub(1)).and_then(|i| c.get(i)));
+            let db_rec = db.get(&r.writer_id).and_then(|c| by_seq(c, r.seq));
             match db_rec {
                 None => problems.push(format!(
                     "{at}: writer `{}` seq {} is not in the database (database truncated, or line forged)",

@@ -36,10 +36,16 @@ struct Job {
     done: oneshot::Sender<Result<(), AuditUnavailable>>,
 }
 
+enum Msg {
+    Append(Job),
+    /// Sign the head, then stop; answered when done so the process may exit.
+    Shutdown(oneshot::Sender<()>),
+}
+
 /// Cheap to clone; every clone feeds the same writer.
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Msg>,
     writer_id: Arc<str>,
     queued: Arc<AtomicU64>,
 }
@@ -53,7 +59,7 @@ impl AuditLog {
     ) -> Result<AuditLog, String> {
         std::fs::create_dir_all(&cfg.dir)
             .map_err(|e| format!("cannot create audit directory {}: {e}", cfg.dir.display()))?;
-        let (tx, rx) = mpsc::channel::<Job>(65_536);
+        let (tx, rx) = mpsc::channel::<Msg>(65_536);
         let (ready_tx, ready_rx) = oneshot::channel::<Result<(), String>>();
         let writer_id: Arc<str> = Arc::from(cfg.writer_id.as_str());
         let queued = Arc::new(AtomicU64::new(0));
@@ -100,6 +106,16 @@ impl AuditLog {
     }
 
     /// Returns once the event is durably in the database and the JSONL file.
+    /// Writes everything queued before it, signs a final checkpoint of the head, and stops the
+    /// writer. Call once at shutdown and await it before the process exits; later `record` calls
+    /// fail with [`AuditUnavailable`].
+    pub async fn shutdown(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Shutdown(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+
     pub async fn record(&self, event: AuditEvent) -> Result<(), AuditUnavailable> {
         self.record_all(vec![event]).await
     }
@@ -108,7 +124,7 @@ impl AuditLog {
         let (done, wait) = oneshot::channel();
         let n = events.len() as u64;
         self.queued.fetch_add(n, Ordering::Relaxed);
-        if self.tx.send(Job { events, done }).await.is_err() {
+        if self.tx.send(Msg::Append(Job { events, done })).await.is_err() {
             self.queued.fetch_sub(n, Ordering::Relaxed);
             return Err(AuditUnavailable(String::from("audit writer stopped")));
         }
@@ -120,7 +136,7 @@ async fn run(
     cfg: AuditConfig,
     store: Arc<dyn AuditStore>,
     sink: JsonlSink,
-    mut rx: mpsc::Receiver<Job>,
+    mut rx: mpsc::Receiver<Msg>,
     queued: Arc<AtomicU64>,
 ) {
     let signer = SigningKey::from_bytes(&cfg.signing_key);
@@ -134,9 +150,14 @@ async fn run(
     let mut head_seq = store.head(&cfg.writer_id).await.ok().flatten().map(|h| h.seq).unwrap_or(0);
     let mut head_hash = String::new();
     let mut jobs: Vec<Job> = Vec::with_capacity(cfg.max_batch);
+    let mut stopped: Option<oneshot::Sender<()>> = None;
     loop {
         let first = match tokio::time::timeout(cfg.checkpoint_interval, rx.recv()).await {
-            Ok(Some(job)) => Some(job),
+            Ok(Some(Msg::Append(job))) => Some(job),
+            Ok(Some(Msg::Shutdown(done))) => {
+                stopped = Some(done);
+                None
+            }
             Ok(None) => None,
             Err(_) => {
                 // Idle: make sure the tail of the chain is covered by a signed checkpoint.
@@ -152,12 +173,13 @@ async fn run(
         let Some(first) = first else { break };
         jobs.push(first);
         let mut n_events = jobs.iter().map(|j| j.events.len()).sum::<usize>();
-        while n_events < cfg.max_batch {
+        while n_events < cfg.max_batch && stopped.is_none() {
             match rx.try_recv() {
-                Ok(job) => {
+                Ok(Msg::Append(job)) => {
                     n_events += job.events.len();
                     jobs.push(job);
                 }
+                Ok(Msg::Shutdown(done)) => stopped = Some(done),
                 Err(_) => break,
             }
         }
@@ -189,9 +211,16 @@ async fn run(
             }
             last_cp_at = Instant::now();
         }
+        if stopped.is_some() {
+            break;
+        }
     }
     if head_seq > last_cp_seq && !head_hash.is_empty() {
         checkpoint(&cfg, &signer, store.as_ref(), &sink, head_seq, &head_hash).await;
+    }
+    rx.close();
+    if let Some(done) = stopped {
+        let _ = done.send(());
     }
 }
 

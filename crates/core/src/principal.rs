@@ -36,6 +36,19 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// An operator acting outside HTTP (the CLI, bootstrap, tools), named `id` in the audit log.
+    pub fn system_operator(id: impl Into<String>) -> Self {
+        Self {
+            kind: PrincipalKind::Operator,
+            id: id.into(),
+            tenant_id: None,
+            role: None,
+            key_id: None,
+            user_id: None,
+            session_id: None,
+        }
+    }
+
     pub fn is_operator(&self) -> bool {
         self.kind == PrincipalKind::Operator
     }

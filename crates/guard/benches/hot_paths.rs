@@ -6,7 +6,7 @@
 use divan::Bencher;
 use portcullis_audit::{AuditConfig, AuditLog};
 use portcullis_core::audit::{AuditEvent, AuditResult};
-use portcullis_core::{Permission, Principal, PrincipalKind, Role, TenantScope, Tier, apikey};
+use portcullis_core::{Permission, Principal, Role, TenantScope, Tier, apikey};
 use portcullis_guard::admin::NewKey;
 use portcullis_guard::{Credential, Grant, Guard, GuardConfig, LoginPolicy, RequestMeta, SystemClock};
 use portcullis_store::sqlite::{SqliteAuditStore, SqliteStore};
@@ -66,15 +66,7 @@ fn env(fsync: bool) -> Env {
         .await
         .unwrap();
         let op = Grant {
-            principal: Principal {
-                kind: PrincipalKind::Operator,
-                id: String::from("bench"),
-                tenant_id: None,
-                role: None,
-                key_id: None,
-                user_id: None,
-                session_id: None,
-            },
+            principal: Principal::system_operator(String::from("bench")),
             scope: None,
             permission: Permission::TenantsManage,
         };

@@ -89,11 +89,13 @@ impl Guard {
         let now = self.now_ms();
         let email = email.trim().to_lowercase();
         let acct_key = format!("account:{email}");
+        // The same principal id a successful login records, so one filter finds every attempt.
+        let principal_id = format!("user:{email}");
         let ip_key = format!("ip:{}", meta.ip.as_deref().unwrap_or("unknown"));
         let retry = self.login.retry_after(&acct_key, now).max(self.login.retry_after(&ip_key, now));
         if let Some(retry_after_secs) = retry {
             let mut e = self.event(meta, "auth.login", AuditResult::Denied);
-            e.user_id = Some(email.clone());
+            e.user_id = Some(principal_id.clone());
             e.reason = Some(String::from("throttled"));
             e.metadata = serde_json::json!({ "retry_after_secs": retry_after_secs });
             self.record(e).await?;
@@ -107,7 +109,7 @@ impl Guard {
             Some(u) if matches && !u.disabled => u,
             _ => {
                 let mut e = self.event(meta, "auth.login", AuditResult::Failure);
-                e.user_id = Some(email.clone());
+                e.user_id = Some(principal_id.clone());
                 e.tenant_id = None;
                 e.reason = Some(String::from("invalid_credentials"));
                 self.record(e).await?;
@@ -115,7 +117,7 @@ impl Guard {
                 let ip_locked = self.login.fail(ip_key, self.login.policy.max_failures_per_ip, now);
                 if acct_locked || ip_locked {
                     let mut e = self.event(meta, "security_alert", AuditResult::Denied);
-                    e.user_id = Some(email.clone());
+                    e.user_id = Some(principal_id.clone());
                     e.reason = Some(String::from(if acct_locked {
                         "repeated_login_failures_for_account"
                     } else {
@@ -130,7 +132,7 @@ impl Guard {
             let suspended = self.store.get_tenant(t).await?.is_none_or(|t| t.status != TenantStatus::Active);
             if suspended {
                 let mut e = self.event(meta, "auth.login", AuditResult::Denied);
-                e.user_id = Some(format!("user:{email}"));
+                e.user_id = Some(principal_id.clone());
                 e.tenant_id = Some(t.to_string());
                 e.reason = Some(String::from("tenant_suspended"));
                 self.record(e).await?;
@@ -150,7 +152,7 @@ impl Guard {
         };
         let principal = Principal {
             kind: if user.is_operator() { PrincipalKind::Operator } else { PrincipalKind::User },
-            id: format!("user:{email}"),
+            id: principal_id,
             tenant_id: user.tenant_id.clone(),
             role: user.role,
             key_id: None,

@@ -7,7 +7,7 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand};
 use ed25519_dalek::SigningKey;
 use portcullis_core::timefmt::parse_rfc3339_ms;
-use portcullis_core::{KeyId, Permission, Principal, PrincipalKind, Role, TenantId, TenantScope, Tier};
+use portcullis_core::{KeyId, Permission, Principal, Role, TenantId, TenantScope, Tier};
 use portcullis_guard::admin::{NewKey, lifetime_ms};
 use portcullis_guard::{Grant, RequestMeta};
 use portcullis_http::views::{KeyView, TenantView, UserView};
@@ -124,15 +124,7 @@ pub enum AuditCmd {
 
 fn actor() -> Principal {
     let who = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| String::from("unknown"));
-    Principal {
-        kind: PrincipalKind::Operator,
-        id: format!("cli:{who}"),
-        tenant_id: None,
-        role: None,
-        key_id: None,
-        user_id: None,
-        session_id: None,
-    }
+    Principal::system_operator(format!("cli:{who}"))
 }
 
 fn grant(scope: Option<TenantScope>) -> Grant {
@@ -164,19 +156,34 @@ async fn open(cfg: Config) -> anyhow::Result<Opened> {
     runtime::open(cfg, String::from(CLI_WRITER)).await
 }
 
+/// Runs a command on the opened store, then stops the audit writer cleanly (final signed
+/// checkpoint) whether the command succeeded or not.
+async fn finish(o: Opened, result: anyhow::Result<ExitCode>) -> anyhow::Result<ExitCode> {
+    o.guard.audit_log().shutdown().await;
+    result
+}
+
 fn tenant_id(raw: &str) -> anyhow::Result<TenantId> {
     TenantId::parse(raw).map_err(|e| anyhow!("{e}"))
 }
 
 pub async fn migrate(cfg: Config, json: bool) -> anyhow::Result<ExitCode> {
     let dir = cfg.data_dir.display().to_string();
-    open(cfg).await?;
-    print(json, &serde_json::json!({ "migrated": true, "data_dir": dir }), || format!("store in {dir} is up to date"))?;
-    Ok(ExitCode::SUCCESS)
+    let o = open(cfg).await?;
+    let result = print(json, &serde_json::json!({ "migrated": true, "data_dir": dir }), || {
+        format!("store in {dir} is up to date")
+    })
+    .map(|()| ExitCode::SUCCESS);
+    finish(o, result).await
 }
 
 pub async fn tenant(cfg: Config, json: bool, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
     let o = open(cfg).await?;
+    let result = tenant_on(&o, json, cmd).await;
+    finish(o, result).await
+}
+
+async fn tenant_on(o: &Opened, json: bool, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
     let g = &o.guard;
     match cmd {
         TenantCmd::Create { name, tier } => {
@@ -207,8 +214,8 @@ pub async fn tenant(cfg: Config, json: bool, cmd: TenantCmd) -> anyhow::Result<E
             let v = TenantView::from(&t);
             print(json, &v, || format!("{}  {} {} {}", v.id, v.tier, v.status, v.name))?;
         }
-        TenantCmd::Suspend { id } => set_status(&o, json, &id, TenantStatus::Suspended).await?,
-        TenantCmd::Resume { id } => set_status(&o, json, &id, TenantStatus::Active).await?,
+        TenantCmd::Suspend { id } => set_status(o, json, &id, TenantStatus::Suspended).await?,
+        TenantCmd::Resume { id } => set_status(o, json, &id, TenantStatus::Active).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -222,6 +229,11 @@ async fn set_status(o: &Opened, json: bool, id: &str, status: TenantStatus) -> a
 
 pub async fn user(cfg: Config, json: bool, cmd: UserCmd) -> anyhow::Result<ExitCode> {
     let o = open(cfg).await?;
+    let result = user_on(&o, json, cmd).await;
+    finish(o, result).await
+}
+
+async fn user_on(o: &Opened, json: bool, cmd: UserCmd) -> anyhow::Result<ExitCode> {
     let g = &o.guard;
     match cmd {
         UserCmd::Create(c) => {
@@ -286,6 +298,11 @@ struct CreatedOut<'a> {
 
 pub async fn key(cfg: Config, json: bool, cmd: KeyCmd) -> anyhow::Result<ExitCode> {
     let o = open(cfg).await?;
+    let result = key_on(&o, json, cmd).await;
+    finish(o, result).await
+}
+
+async fn key_on(o: &Opened, json: bool, cmd: KeyCmd) -> anyhow::Result<ExitCode> {
     let g = &o.guard;
     let now = g.now_ms();
     match cmd {
@@ -314,14 +331,14 @@ pub async fn key(cfg: Config, json: bool, cmd: KeyCmd) -> anyhow::Result<ExitCod
             })?;
         }
         KeyCmd::Revoke { id } => {
-            let (kid, scope) = key_scope(&o, &id).await?;
+            let (kid, scope) = key_scope(o, &id).await?;
             let k = g.store().get_key(&scope, &kid).await?.ok_or_else(|| anyhow!("no key `{id}`"))?;
             let k = g.revoke_key(&grant(Some(scope.clone())), &meta(), &scope, k).await?;
             let v = KeyView::new(&k, now);
             print(json, &v, || format!("{} {}", v.id, v.status))?;
         }
         KeyCmd::Rotate { id, grace } => {
-            let (kid, scope) = key_scope(&o, &id).await?;
+            let (kid, scope) = key_scope(o, &id).await?;
             let grace_ms = lifetime_ms("grace", &grace)?;
             let old = g.store().get_key(&scope, &kid).await?.ok_or_else(|| anyhow!("no key `{id}`"))?;
             let (key, record) = g.rotate_key(&grant(Some(scope.clone())), &meta(), &scope, old, grace_ms).await?;
@@ -333,8 +350,13 @@ pub async fn key(cfg: Config, json: bool, cmd: KeyCmd) -> anyhow::Result<ExitCod
 }
 
 pub async fn audit(cfg: Config, json: bool, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
-    let dir = cfg.data_dir.join("audit");
     let o = open(cfg).await?;
+    let result = audit_on(&o, json, cmd).await;
+    finish(o, result).await
+}
+
+async fn audit_on(o: &Opened, json: bool, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
+    let dir = o.cfg.data_dir.join("audit");
     match cmd {
         AuditCmd::Query { tenant, user, action, result, since, until, limit } => {
             let time = |name: &str, v: Option<String>| -> anyhow::Result<Option<i64>> {

@@ -2,8 +2,8 @@
 use crate::config::Config;
 use crate::runtime;
 use anyhow::Context;
+use portcullis_core::Principal;
 use portcullis_core::audit::AuditResult;
-use portcullis_core::{Principal, PrincipalKind};
 use portcullis_guard::{Grant, Guard, RequestMeta};
 use portcullis_http::{HttpSettings, server::ServeSettings};
 use std::sync::Arc;
@@ -30,15 +30,7 @@ async fn bootstrap(guard: &Arc<Guard>, listen: &str) -> anyhow::Result<()> {
     let raw = portcullis_guard::random_bytes::<24>().map_err(anyhow::Error::msg)?;
     let password: String = portcullis_core::apikey::generate(&raw).chars().skip(3).take(24).collect();
     let system = Grant {
-        principal: Principal {
-            kind: PrincipalKind::Operator,
-            id: String::from("system:bootstrap"),
-            tenant_id: None,
-            role: None,
-            key_id: None,
-            user_id: None,
-            session_id: None,
-        },
+        principal: Principal::system_operator(String::from("system:bootstrap")),
         scope: None,
         permission: portcullis_core::Permission::TenantsManage,
     };
@@ -107,6 +99,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     portcullis_http::server::serve(listener, app, settings, shutdown_signal()).await?;
     guard.flush_usage().await;
+    // The final signed checkpoint must be written before the process exits.
+    guard.audit_log().shutdown().await;
     drop(lock);
     Ok(())
 }

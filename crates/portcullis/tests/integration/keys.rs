@@ -8,15 +8,21 @@ use std::time::Duration;
 /// The documented staleness is `auth.cache_refresh_ms` (1 s); allow generous slack for a busy machine.
 const STALENESS_LIMIT: Duration = Duration::from_secs(15);
 
+/// A server with a tenant: (server, operator token, tenant id).
+fn tenant() -> (Server, String, String) {
+    let s = Server::start();
+    let op = s.operator_token();
+    let t = s.create_tenant(&op, "k", "free");
+    (s, op, t)
+}
+
 fn whoami(s: &Server, key: &str) -> u16 {
     s.get("/v1/auth/whoami").header("x-api-key", key).send().unwrap().status().as_u16()
 }
 
 #[test]
 fn key_is_shown_once_has_the_documented_format_and_never_leaks_its_hash() {
-    let s = Server::start();
-    let op = s.operator_token();
-    let t = s.create_tenant(&op, "k", "free");
+    let (s, op, t) = tenant();
     let r = s
         .post("/v1/keys")
         .bearer_auth(&op)
@@ -49,9 +55,7 @@ fn key_is_shown_once_has_the_documented_format_and_never_leaks_its_hash() {
 
 #[test]
 fn malformed_and_unknown_keys_are_rejected_and_audited() {
-    let s = Server::start();
-    let op = s.operator_token();
-    let t = s.create_tenant(&op, "k", "free");
+    let (s, op, t) = tenant();
     let (_, key) = s.create_key(&op, &t, "admin");
     let mut bad = key.clone().into_bytes();
     bad[10] = if bad[10] == b'a' { b'b' } else { b'a' };
@@ -77,9 +81,7 @@ fn malformed_and_unknown_keys_are_rejected_and_audited() {
 
 #[test]
 fn rotation_keeps_old_and_new_valid_until_the_grace_period_ends() {
-    let s = Server::start();
-    let op = s.operator_token();
-    let t = s.create_tenant(&op, "k", "free");
+    let (s, op, t) = tenant();
     let (id, old) = s.create_key(&op, &t, "admin");
     let r = s
         .post(&format!("/v1/keys/{id}/rotate"))
@@ -106,9 +108,7 @@ fn rotation_keeps_old_and_new_valid_until_the_grace_period_ends() {
 
 #[test]
 fn expired_key_fails() {
-    let s = Server::start();
-    let op = s.operator_token();
-    let t = s.create_tenant(&op, "k", "free");
+    let (s, op, t) = tenant();
     let r = s
         .post("/v1/keys")
         .bearer_auth(&op)
@@ -124,9 +124,7 @@ fn expired_key_fails() {
 
 #[test]
 fn revocation_through_the_api_is_immediate() {
-    let s = Server::start();
-    let op = s.operator_token();
-    let t = s.create_tenant(&op, "k", "free");
+    let (s, op, t) = tenant();
     let (id, key) = s.create_key(&op, &t, "admin");
     assert_eq!(whoami(&s, &key), 200);
     let r = s.delete(&format!("/v1/keys/{id}")).bearer_auth(&op).header("x-tenant-id", &t).send().unwrap();
@@ -139,9 +137,7 @@ fn revocation_through_the_api_is_immediate() {
 
 #[test]
 fn revocation_and_suspension_through_the_cli_reach_the_running_server() {
-    let s = Server::start();
-    let op = s.operator_token();
-    let t = s.create_tenant(&op, "k", "free");
+    let (s, op, t) = tenant();
     let (id, key) = s.create_key(&op, &t, "admin");
     let (_, other) = s.create_key(&op, &t, "viewer");
     assert_eq!(whoami(&s, &key), 200, "cached now");
@@ -164,9 +160,7 @@ fn revocation_and_suspension_through_the_cli_reach_the_running_server() {
 
 #[test]
 fn suspension_through_the_api_fails_every_credential_of_the_tenant() {
-    let s = Server::start();
-    let op = s.operator_token();
-    let t = s.create_tenant(&op, "k", "free");
+    let (s, op, t) = tenant();
     let (_, key) = s.create_key(&op, &t, "admin");
     let (_, email, pw) = s.create_user(&op, &t, "admin");
     let session = s.login(&email, &pw);
@@ -184,9 +178,7 @@ fn suspension_through_the_api_fails_every_credential_of_the_tenant() {
 
 #[test]
 fn key_roles_and_inputs_are_validated() {
-    let s = Server::start();
-    let op = s.operator_token();
-    let t = s.create_tenant(&op, "k", "free");
+    let (s, op, t) = tenant();
     for body in [
         json!({"name": "x", "role": "root"}),
         json!({"name": "", "role": "admin"}),
