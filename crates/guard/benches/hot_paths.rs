@@ -53,6 +53,8 @@ fn env(fsync: bool) -> Env {
         .unwrap();
         let guard = Guard::new(
             GuardConfig {
+                limiter: Arc::new(portcullis_limiter::local::LocalLimiter::new()),
+                limits: portcullis_guard::LimitsConfig::default(),
                 pepper: vec![1u8; 32],
                 session_ttl: Duration::from_secs(3600),
                 cache_refresh: Duration::from_secs(1),

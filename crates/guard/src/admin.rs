@@ -3,6 +3,7 @@
 //! changes the store: if the audit cannot be written nothing changes.
 use crate::{Grant, Guard, GuardError, RequestMeta, password};
 use portcullis_core::audit::AuditResult;
+use portcullis_core::limits::LimitOverrides;
 use portcullis_core::timefmt::{parse_duration_secs, rfc3339_ms};
 use portcullis_core::{KeyId, Role, TenantId, TenantScope, Tier, UserId};
 use portcullis_store::{ApiKeyRecord, Tenant, TenantStatus, User};
@@ -128,6 +129,25 @@ impl Guard {
         tenant.status = status;
         tenant.updated_at_ms = now;
         Ok(tenant)
+    }
+
+    pub async fn set_limits(
+        &self,
+        g: &Grant,
+        meta: &RequestMeta,
+        tenant: &Tenant,
+        limits: &LimitOverrides,
+    ) -> Result<(), AdminError> {
+        limits.validate().map_err(AdminError::Invalid)?;
+        let mut e = self.event_for(g, meta, "tenant.limits.update", AuditResult::Success);
+        e.tenant_id = Some(tenant.id.to_string());
+        e.resource_type = Some(String::from("tenant"));
+        e.resource_id = Some(tenant.id.to_string());
+        e.metadata = serde_json::to_value(limits).unwrap_or_default();
+        self.record(e).await?;
+        self.store.set_limits(&tenant.id, limits, self.now_ms()).await?;
+        self.invalidate_limits(&tenant.id);
+        Ok(())
     }
 
     /// `tenant: None` creates a platform operator.

@@ -1,6 +1,7 @@
 //! In-memory caches of credentials and tenant states, keyed for the hot path, with reverse
 //! indexes so a change-feed entry (which names an id) finds the cached entry to drop.
 use dashmap::DashMap;
+use portcullis_core::limits::LimitOverrides;
 use portcullis_core::{KeyId, TenantId, Tier};
 use portcullis_store::{ApiKeyRecord, Change, ChangeKind, SessionRecord, TenantStatus, User};
 use std::sync::Arc;
@@ -8,7 +9,6 @@ use std::sync::Arc;
 #[derive(Clone, Debug)]
 pub struct TenantState {
     pub status: TenantStatus,
-    #[allow(dead_code, reason = "read by the limiter in the data plane")]
     pub tier: Tier,
 }
 
@@ -26,6 +26,7 @@ pub struct Caches {
     pub sessions: DashMap<String, Arc<CachedSession>>,
     session_index: DashMap<String, String>,
     pub tenants: DashMap<TenantId, TenantState>,
+    pub limits: DashMap<TenantId, Arc<LimitOverrides>>,
 }
 
 impl Caches {
@@ -64,6 +65,11 @@ impl Caches {
                 }
             }
             ChangeKind::Session => self.remove_session(&change.entity_id),
+            ChangeKind::Limits => {
+                if let Ok(id) = TenantId::parse(&change.entity_id) {
+                    self.limits.remove(&id);
+                }
+            }
             ChangeKind::User => {
                 // Rare (user disabled or deleted): drop every cached session rather than index by user.
                 self.sessions.clear();

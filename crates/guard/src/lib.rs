@@ -20,9 +20,12 @@ pub use login::{LoginOk, LoginPolicy};
 use dashmap::DashMap;
 use portcullis_audit::{AuditLog, AuditUnavailable};
 use portcullis_core::audit::{AuditEvent, AuditResult};
-use portcullis_core::{KeyId, Permission, Principal, PrincipalKind, TenantId, TenantScope, apikey};
+use portcullis_core::limits::{EffectiveLimits, effective};
+use portcullis_core::{KeyId, Permission, Principal, PrincipalKind, TenantId, TenantScope, Tier, TierLimits, apikey};
+use portcullis_limiter::{Admission, LimitRequest, Limiter, Limits, Rejection};
 use portcullis_store::{Store, StoreError, TenantStatus};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
 use std::time::Duration;
@@ -108,6 +111,8 @@ pub struct Grant {
 }
 
 pub struct GuardConfig {
+    pub limiter: Arc<dyn Limiter>,
+    pub limits: LimitsConfig,
     pub pepper: Vec<u8>,
     pub session_ttl: Duration,
     pub cache_refresh: Duration,
@@ -115,7 +120,28 @@ pub struct GuardConfig {
     pub jwt: Option<JwtConfig>,
 }
 
+/// Limit defaults that are configuration, not per tenant.
+#[derive(Clone, Debug)]
+pub struct LimitsConfig {
+    pub tiers: HashMap<Tier, TierLimits>,
+    /// Per key / user / JWT subject (the seed's gateway default: 100 per minute).
+    pub principal_per_minute: u32,
+    pub global_per_second: Option<u32>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            tiers: Tier::ALL.iter().map(|t| (*t, TierLimits::default_for(*t))).collect(),
+            principal_per_minute: 100,
+            global_per_second: None,
+        }
+    }
+}
+
 pub struct Guard {
+    limiter: Arc<dyn Limiter>,
+    limits: LimitsConfig,
     store: Arc<dyn Store>,
     audit: AuditLog,
     clock: Arc<dyn Clock>,
@@ -147,6 +173,8 @@ impl Guard {
         };
         let seq = store.latest_change_seq().await.map_err(|e| e.to_string())?;
         Ok(Arc::new(Guard {
+            limiter: cfg.limiter,
+            limits: cfg.limits,
             store,
             audit,
             clock,
@@ -434,6 +462,61 @@ impl Guard {
             user_id: None,
             session_id: None,
         })
+    }
+
+    /// The limits that apply to a tenant now (tier defaults + overrides), from cache.
+    pub async fn effective_limits(&self, tenant: &TenantId) -> Result<Option<EffectiveLimits>, StoreError> {
+        let Some(state) = self.tenant_state(tenant).await? else { return Ok(None) };
+        let overrides = match self.cache.limits.get(tenant) {
+            Some(o) => o.clone(),
+            None => {
+                let o = Arc::new(self.store.get_limits(tenant).await?);
+                self.cache.limits.insert(tenant.clone(), o.clone());
+                o
+            }
+        };
+        let tier = self.limits.tiers.get(&state.tier).cloned().unwrap_or_else(|| TierLimits::default_for(state.tier));
+        Ok(Some(effective(&tier, &overrides)))
+    }
+
+    /// Rate → concurrency → quota for one request of `principal` on `route`, in one limiter call.
+    /// `hold_slot` keeps a concurrency slot until the returned admission is dropped.
+    pub async fn admit(
+        &self,
+        principal: &Principal,
+        route: &str,
+        route_per_minute: Option<u32>,
+        hold_slot: bool,
+    ) -> Result<Result<Admission, Rejection>, GuardError> {
+        let Some(tenant) = &principal.tenant_id else {
+            return Err(GuardError::Forbidden("platform operators have no tenant to act in on the data plane"));
+        };
+        let Some(eff) = self.effective_limits(tenant).await? else { return Err(GuardError::NotFound) };
+        let limits = Limits {
+            tenant_per_minute: eff.rate_per_minute,
+            principal_per_minute: self.limits.principal_per_minute,
+            route_per_minute,
+            global_per_second: self.limits.global_per_second,
+            concurrency: eff.concurrency,
+            requests_per_day: eff.requests_per_day,
+        };
+        let req = LimitRequest {
+            tenant: tenant.as_str(),
+            principal: &principal.id,
+            route,
+            limits: &limits,
+            hold_slot,
+            now_ms: self.now_ms(),
+        };
+        Ok(self.limiter.admit(&req).await)
+    }
+
+    pub fn limiter(&self) -> &Arc<dyn Limiter> {
+        &self.limiter
+    }
+
+    pub fn invalidate_limits(&self, tenant: &TenantId) {
+        self.cache.limits.remove(tenant);
     }
 
     /// Forget cached state for something this process just changed (other processes learn of it

@@ -31,6 +31,12 @@ pub enum ApiError {
     Throttled(u64),
     #[error("the request body exceeds the size limit")]
     PayloadTooLarge,
+    #[error("limit reached: {}", .0.kind.as_str())]
+    Limited(portcullis_limiter::Rejection),
+    #[error("the upstream did not answer in time")]
+    UpstreamTimeout,
+    #[error("the upstream could not be reached")]
+    BadGateway,
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -47,6 +53,9 @@ impl ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
             ApiError::Throttled(_) => (StatusCode::TOO_MANY_REQUESTS, "throttled", "Too many requests"),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large"),
+            ApiError::Limited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Limit reached"),
+            ApiError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream-timeout", "Upstream timeout"),
+            ApiError::BadGateway => (StatusCode::BAD_GATEWAY, "bad-gateway", "Bad gateway"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
         }
@@ -95,10 +104,29 @@ impl IntoResponse for ApiError {
             }
             ApiError::NotFound => String::from("no such resource"),
             ApiError::Throttled(s) => format!("too many attempts; retry after {s} s"),
+            ApiError::Limited(r) => format!(
+                "{} limit reached; retry after {} s",
+                match r.kind {
+                    portcullis_limiter::LimitKind::Global => "the gateway's global rate",
+                    portcullis_limiter::LimitKind::Tenant => "the tenant's rate",
+                    portcullis_limiter::LimitKind::Principal => "the caller's rate",
+                    portcullis_limiter::LimitKind::Route => "this route's rate",
+                    portcullis_limiter::LimitKind::Concurrency => "the tenant's concurrency",
+                    portcullis_limiter::LimitKind::Quota => "the tenant's daily request quota",
+                },
+                r.retry_after_secs
+            ),
             other => other.to_string(),
         };
-        let retry = if let ApiError::Throttled(s) = self { Some(s) } else { None };
+        let retry = match &self {
+            ApiError::Throttled(s) => Some(*s),
+            ApiError::Limited(r) => Some(r.retry_after_secs),
+            _ => None,
+        };
         let mut res = status.into_response();
+        if let ApiError::Limited(r) = &self {
+            crate::proxy::rate_headers(res.headers_mut(), &r.rate);
+        }
         if let Some(s) = retry
             && let Ok(v) = HeaderValue::from_str(&s.to_string())
         {

@@ -6,6 +6,7 @@
 pub mod error;
 pub mod extract;
 pub mod middleware;
+pub mod proxy;
 mod routes;
 pub mod server;
 pub mod views;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub audit: Arc<dyn AuditStore>,
     pub settings: Arc<HttpSettings>,
     pub openapi_json: Arc<String>,
+    pub routes: Arc<proxy::RouteTable>,
+    pub client: proxy::UpstreamClient,
 }
 
 #[derive(OpenApi)]
@@ -73,12 +76,20 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 
 /// The whole application: API routes, `/openapi.json`, fallback, and the layers every response
 /// passes through (outermost last).
-pub fn app(guard: Arc<Guard>, audit: Arc<dyn AuditStore>, settings: HttpSettings) -> Router {
+pub fn app(guard: Arc<Guard>, audit: Arc<dyn AuditStore>, settings: HttpSettings, routes: proxy::RouteTable) -> Router {
     let (api, doc) = api();
     let openapi_json = Arc::new(doc.to_json().unwrap_or_else(|_| String::from("{}")));
-    let state = AppState { guard, audit, settings: Arc::new(settings.clone()), openapi_json };
+    let state = AppState {
+        guard,
+        audit,
+        settings: Arc::new(settings.clone()),
+        openapi_json,
+        routes: Arc::new(routes),
+        client: proxy::client(),
+    };
+    // Anything that is not an API route is matched against the configured proxy routes.
     api.route("/openapi.json", axum::routing::get(routes::openapi_json))
-        .fallback(middleware::not_found)
+        .fallback(proxy::proxy)
         .with_state(state)
         // Time limit for the whole handler (408), then the body-size limit (413) that also holds
         // for bodies streamed without Content-Length, then the edge layer that stamps request id,

@@ -4,7 +4,7 @@
 use crate::error::{Problem, generic_problem, problem_body};
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use portcullis_guard::RequestMeta;
@@ -59,10 +59,11 @@ pub async fn edge(mut req: Request, next: Next) -> Response {
     };
 
     let status = res.status();
+    let proxied = res.extensions().get::<crate::proxy::Proxied>().is_some();
     let problem = res.extensions_mut().remove::<Problem>();
     let is_problem_json =
         res.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
-    if problem.is_some() || (status.as_u16() >= 400 && !is_problem_json) {
+    if problem.is_some() || (status.as_u16() >= 400 && !is_problem_json && !proxied) {
         let p = problem.unwrap_or_else(|| generic_problem(status));
         let (mut parts, _) = res.into_parts();
         parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
@@ -76,12 +77,5 @@ pub async fn edge(mut req: Request, next: Next) -> Response {
     if smuggling {
         res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    res
-}
-
-/// Fallback for unknown routes.
-pub async fn not_found() -> Response {
-    let mut res = StatusCode::NOT_FOUND.into_response();
-    res.extensions_mut().insert(generic_problem(StatusCode::NOT_FOUND));
     res
 }

@@ -38,6 +38,17 @@ pub enum TenantCmd {
     Resume {
         id: String,
     },
+    /// Show the tenant's limits, or override them: each flag given replaces that override;
+    /// running servers apply it within `auth.cache_refresh_ms`.
+    Limits {
+        id: String,
+        #[arg(long)]
+        rate_per_minute: Option<u32>,
+        #[arg(long)]
+        requests_per_day: Option<u64>,
+        #[arg(long)]
+        concurrency: Option<u32>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -216,6 +227,25 @@ async fn tenant_on(o: &Opened, json: bool, cmd: TenantCmd) -> anyhow::Result<Exi
         }
         TenantCmd::Suspend { id } => set_status(o, json, &id, TenantStatus::Suspended).await?,
         TenantCmd::Resume { id } => set_status(o, json, &id, TenantStatus::Active).await?,
+        TenantCmd::Limits { id, rate_per_minute, requests_per_day, concurrency } => {
+            let t = g.store().get_tenant(&tenant_id(&id)?).await?.ok_or_else(|| anyhow!("no tenant `{id}`"))?;
+            if rate_per_minute.is_some() || requests_per_day.is_some() || concurrency.is_some() {
+                let mut o = g.store().get_limits(&t.id).await?;
+                o.rate_per_minute = rate_per_minute.or(o.rate_per_minute);
+                o.requests_per_day = requests_per_day.or(o.requests_per_day);
+                o.concurrency = concurrency.or(o.concurrency);
+                g.set_limits(&grant(None), &meta(), &t, &o).await?;
+            }
+            let effective = g.effective_limits(&t.id).await?.ok_or_else(|| anyhow!("no tenant `{id}`"))?;
+            let overrides = g.store().get_limits(&t.id).await?;
+            let out = serde_json::json!({ "tenant_id": t.id, "tier": t.tier, "effective": effective, "overrides": overrides });
+            print(json, &out, || {
+                format!(
+                    "{} ({}): {} requests/min, {} requests/day, {} concurrent",
+                    t.id, t.tier, effective.rate_per_minute, effective.requests_per_day, effective.concurrency
+                )
+            })?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -27,7 +27,24 @@ pub struct Config {
     pub audit: AuditSection,
     pub auth: AuthSection,
     pub http: HttpSection,
+    pub limits: LimitsSection,
     pub tiers: BTreeMap<String, TierLimits>,
+    pub routes: Vec<portcullis_http::proxy::RouteConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Per API key / user / JWT subject, per minute (the gateway default of 100).
+    pub principal_per_minute: u32,
+    /// Whole-gateway requests per second; absent = unlimited.
+    pub global_per_second: Option<u32>,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self { principal_per_minute: 100, global_per_second: None }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -100,6 +117,8 @@ impl Default for Config {
             audit: AuditSection::default(),
             auth: AuthSection::default(),
             http: HttpSection::default(),
+            limits: LimitsSection::default(),
+            routes: Vec::new(),
             tiers: Tier::ALL.iter().map(|t| (t.as_str().to_owned(), TierLimits::default_for(*t))).collect(),
         }
     }
@@ -190,6 +209,12 @@ pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
     let cfg: Config = fig.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     for name in cfg.tiers.keys() {
         name.parse::<Tier>().map_err(|e| anyhow::anyhow!("invalid configuration: [tiers.{name}]: {e}"))?;
+    }
+    if cfg.limits.principal_per_minute == 0 || cfg.limits.global_per_second == Some(0) {
+        anyhow::bail!("invalid configuration: limits must be positive");
+    }
+    for r in &cfg.routes {
+        r.validate().map_err(|e| anyhow::anyhow!("invalid configuration: [[routes]] `{}`: {e}", r.prefix))?;
     }
     if cfg.auth.cache_refresh_ms == 0 || cfg.auth.cache_refresh_ms > 60_000 {
         anyhow::bail!("invalid configuration: auth.cache_refresh_ms must be between 1 and 60000");

@@ -2,7 +2,8 @@
 use crate::config::Config;
 use anyhow::{Context, bail};
 use portcullis_audit::{AuditConfig, AuditLog};
-use portcullis_guard::{Guard, GuardConfig, JwtConfig, LoginPolicy, SystemClock};
+use portcullis_core::Tier;
+use portcullis_guard::{Guard, GuardConfig, JwtConfig, LimitsConfig, LoginPolicy, SystemClock};
 use portcullis_store::sqlite::{SqliteAuditStore, SqliteStore};
 use portcullis_store::{AuditStore, Store};
 use std::io::Write;
@@ -124,6 +125,16 @@ pub async fn open(cfg: Config, writer_id: String) -> anyhow::Result<Opened> {
     let login = &cfg.auth.login;
     let guard = Guard::new(
         GuardConfig {
+            limiter: Arc::new(portcullis_limiter::local::LocalLimiter::new()),
+            limits: LimitsConfig {
+                tiers: cfg
+                    .tiers
+                    .iter()
+                    .filter_map(|(name, limits)| name.parse::<Tier>().ok().map(|t| (t, limits.clone())))
+                    .collect(),
+                principal_per_minute: cfg.limits.principal_per_minute,
+                global_per_second: cfg.limits.global_per_second,
+            },
             pepper: pepper.to_vec(),
             session_ttl: Duration::from_secs(cfg.auth.session_ttl_secs),
             cache_refresh: Duration::from_millis(cfg.auth.cache_refresh_ms),

@@ -78,6 +78,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let guard = opened.guard;
     guard.spawn_maintenance();
     bootstrap(&guard, &local.to_string()).await?;
+    let routes =
+        portcullis_http::proxy::RouteTable::new(&cfg.routes).map_err(|e| anyhow::anyhow!("invalid route: {e}"))?;
     let app = portcullis_http::app(
         guard.clone(),
         opened.audit_reader,
@@ -86,10 +88,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             request_timeout: Duration::from_secs(cfg.http.request_timeout_secs),
             key_rotation_default_grace: Duration::from_secs(cfg.auth.key_rotation_grace_secs),
         },
+        routes,
     );
     println!("Portcullis listening on http://{local}");
     println!("  API:      http://{local}/v1   (OpenAPI: http://{local}/openapi.json)");
     println!("  health:   http://{local}/healthz  http://{local}/readyz");
+    for r in &cfg.routes {
+        println!("  route:    http://{local}{}/…  →  {}   (action {})", r.prefix, r.upstream, r.action);
+    }
     println!("  data dir: {}   audit chain: {writer_id}", cfg.data_dir.display());
     tracing::info!(listen = %local, writer_id, "portcullis serving");
     let settings = ServeSettings {

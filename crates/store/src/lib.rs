@@ -16,6 +16,7 @@ pub use models::*;
 
 use async_trait::async_trait;
 use portcullis_core::audit::{AuditEvent, AuditRecord};
+use portcullis_core::limits::LimitOverrides;
 use portcullis_core::{KeyId, TenantId, TenantScope, UserId};
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +89,11 @@ pub trait Store: Send + Sync + 'static {
     async fn create_session(&self, session: &SessionRecord) -> Result<()>;
     async fn find_session(&self, token_hash_hex: &str) -> Result<Option<SessionRecord>>;
     async fn revoke_session(&self, id: &str, now_ms: i64) -> Result<bool>;
+
+    // Limit overrides (operator scope): absent fields keep the tier defaults.
+    async fn get_limits(&self, tenant: &TenantId) -> Result<LimitOverrides>;
+    /// Replaces the tenant's overrides. Records a `limits` change.
+    async fn set_limits(&self, tenant: &TenantId, limits: &LimitOverrides, now_ms: i64) -> Result<()>;
 
     // Change feed: how caches in this and other processes learn of revocations.
     async fn changes_since(&self, seq: i64, limit: u32) -> Result<Vec<Change>>;

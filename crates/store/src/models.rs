@@ -90,6 +90,7 @@ pub enum ChangeKind {
     Tenant,
     Session,
     User,
+    Limits,
 }
 
 impl ChangeKind {
@@ -99,6 +100,7 @@ impl ChangeKind {
             ChangeKind::Tenant => "tenant",
             ChangeKind::Session => "session",
             ChangeKind::User => "user",
+            ChangeKind::Limits => "limits",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -107,6 +109,7 @@ impl ChangeKind {
             "tenant" => Some(ChangeKind::Tenant),
             "session" => Some(ChangeKind::Session),
             "user" => Some(ChangeKind::User),
+            "limits" => Some(ChangeKind::Limits),
             _ => None,
         }
     }

@@ -6,6 +6,7 @@
 //! commit returns); `synchronous=FULL` (audit with `fsync = true`) also survives power loss.
 use crate::*;
 use portcullis_core::audit::{AuditRecord, AuditResult, GENESIS_HASH};
+use portcullis_core::limits::LimitOverrides;
 use portcullis_core::{Role, Tier};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -14,9 +15,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 /// Ordered migrations of the main store. Append only; never edit a shipped entry.
-const MAIN_MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+const MAIN_MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE tenants (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -68,7 +70,20 @@ CREATE TABLE changes (
     at BIGINT NOT NULL
 );
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+CREATE TABLE tenant_limits (
+    tenant_id TEXT PRIMARY KEY REFERENCES tenants(id),
+    rate_per_minute BIGINT NULL,
+    requests_per_day BIGINT NULL,
+    concurrency BIGINT NULL,
+    updated_at BIGINT NOT NULL
+);
+"#,
+    ),
+];
 
 const AUDIT_MIGRATIONS: &[(i64, &str)] = &[(
     1,
@@ -544,6 +559,40 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         Ok(n > 0)
+    }
+
+    async fn get_limits(&self, tenant: &TenantId) -> Result<LimitOverrides> {
+        let row =
+            sqlx::query("SELECT rate_per_minute, requests_per_day, concurrency FROM tenant_limits WHERE tenant_id = ?")
+                .bind(tenant.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(row) = row else { return Ok(LimitOverrides::default()) };
+        let num = |name: &str| -> Result<Option<i64>> { Ok(row.try_get::<Option<i64>, _>(name)?) };
+        Ok(LimitOverrides {
+            rate_per_minute: num("rate_per_minute")?.and_then(|v| u32::try_from(v).ok()),
+            requests_per_day: num("requests_per_day")?.and_then(|v| u64::try_from(v).ok()),
+            concurrency: num("concurrency")?.and_then(|v| u32::try_from(v).ok()),
+        })
+    }
+
+    async fn set_limits(&self, tenant: &TenantId, limits: &LimitOverrides, now_ms: i64) -> Result<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "INSERT INTO tenant_limits (tenant_id, rate_per_minute, requests_per_day, concurrency, updated_at) VALUES (?, ?, ?, ?, ?) \
+             ON CONFLICT (tenant_id) DO UPDATE SET rate_per_minute = excluded.rate_per_minute, \
+             requests_per_day = excluded.requests_per_day, concurrency = excluded.concurrency, updated_at = excluded.updated_at",
+        )
+        .bind(tenant.as_str())
+        .bind(limits.rate_per_minute.map(i64::from))
+        .bind(limits.requests_per_day.and_then(|v| i64::try_from(v).ok()))
+        .bind(limits.concurrency.map(i64::from))
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        Self::record_change(&mut tx, ChangeKind::Limits, tenant.as_str(), now_ms).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn changes_since(&self, seq: i64, limit: u32) -> Result<Vec<Change>> {

@@ -2,6 +2,7 @@
 //! so an undocumented route cannot exist.
 mod audit;
 mod auth;
+mod decide;
 mod health;
 mod keys;
 mod tenants;
@@ -27,6 +28,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(tenants::get))
         .routes(routes!(tenants::suspend))
         .routes(routes!(tenants::resume))
+        .routes(routes!(tenants::get_limits, tenants::put_limits))
+        .routes(routes!(decide::authorize))
+        .routes(routes!(decide::check))
         .routes(routes!(users::list, users::create))
         .routes(routes!(users::get))
         .routes(routes!(keys::list, keys::create))

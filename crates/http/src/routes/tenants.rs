@@ -102,3 +102,49 @@ pub async fn suspend(a: Authed<perm::TenantsManage>, Path(id): Path<String>) -> 
 pub async fn resume(a: Authed<perm::TenantsManage>, Path(id): Path<String>) -> Result<Json<TenantView>, ApiError> {
     set_status(a, id, TenantStatus::Active).await
 }
+
+#[derive(serde::Serialize, ToSchema)]
+pub struct LimitsResponse {
+    pub tenant_id: String,
+    pub tier: String,
+    /// The numbers in force: tier defaults with the overrides on top.
+    #[schema(value_type = Object)]
+    pub effective: portcullis_core::limits::EffectiveLimits,
+    /// What the operator set; absent fields follow the tier.
+    #[schema(value_type = Object)]
+    pub overrides: portcullis_core::limits::LimitOverrides,
+}
+
+async fn limits_view(a: &Authed<impl Send + Sync>, t: &Tenant) -> Result<LimitsResponse, ApiError> {
+    let effective = a.app.guard.effective_limits(&t.id).await?.ok_or(ApiError::NotFound)?;
+    let overrides = a.app.guard.store().get_limits(&t.id).await?;
+    Ok(LimitsResponse { tenant_id: t.id.to_string(), tier: t.tier.to_string(), effective, overrides })
+}
+
+/// The tenant's limits: operators any tenant, tenant principals their own.
+#[utoipa::path(get, path = "/v1/tenants/{id}/limits", tag = "tenants", params(("id" = String, Path)), security(("bearer" = []), ("api_key" = [])),
+    responses((status = 200, body = LimitsResponse), (status = 404, body = ProblemDoc)))]
+pub async fn get_limits(a: Authed<perm::TenantRead>, Path(id): Path<String>) -> Result<Json<LimitsResponse>, ApiError> {
+    let t = load(&a, &id, "tenant.limits.read").await?;
+    let mut e = a.event("tenant.limits.read", AuditResult::Success);
+    e.tenant_id = Some(t.id.to_string());
+    e.resource_type = Some(String::from("tenant"));
+    e.resource_id = Some(t.id.to_string());
+    a.record(e).await?;
+    Ok(Json(limits_view(&a, &t).await?))
+}
+
+/// Overrides a tenant's rate, daily quota and concurrency (operators). Running servers apply it
+/// within `auth.cache_refresh_ms`.
+#[utoipa::path(put, path = "/v1/tenants/{id}/limits", tag = "tenants", params(("id" = String, Path)), request_body = Object,
+    security(("bearer" = [])),
+    responses((status = 200, body = LimitsResponse), (status = 400, body = ProblemDoc), (status = 404, body = ProblemDoc)))]
+pub async fn put_limits(
+    a: Authed<perm::TenantsManage>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<portcullis_core::limits::LimitOverrides>,
+) -> Result<Json<LimitsResponse>, ApiError> {
+    let t = load(&a, &id, "tenant.limits.update").await?;
+    a.app.guard.set_limits(&a.grant, &a.meta, &t, &body).await?;
+    Ok(Json(limits_view(&a, &t).await?))
+}
