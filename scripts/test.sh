@@ -29,4 +29,6 @@ command -v openssl >/dev/null || apt_install openssl
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo test --workspace --all-targets --locked -- --test-threads "${PORTCULLIS_TEST_THREADS:-4}"
+# RUST_TEST_THREADS, not `-- --test-threads`: the benchmark binaries (divan, run once as smoke
+# tests under `cargo test`) do not accept libtest's flags.
+RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}" cargo test --workspace --all-targets --locked

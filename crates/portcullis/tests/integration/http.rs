@@ -164,6 +164,10 @@ fn openapi_documents_every_route() {
         ("/v1/keys/{id}", "delete"),
         ("/v1/keys/{id}/rotate", "post"),
         ("/v1/audit", "get"),
+        ("/v1/tenants/{id}/limits", "get"),
+        ("/v1/tenants/{id}/limits", "put"),
+        ("/v1/authorize", "post"),
+        ("/v1/auth/check", "get"),
     ];
     for (p, m) in expected {
         assert!(paths.get(p).and_then(|v| v.get(m)).is_some(), "{m} {p} documented");
