@@ -25,7 +25,8 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 # openssl: the JWT tests generate RSA and Ed25519 key pairs with it.
-command -v openssl >/dev/null || apt_install openssl
+# nginx: the auth_request integration test runs the configuration of docs/nginx.md.
+apt_install openssl nginx
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

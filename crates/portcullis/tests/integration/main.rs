@@ -10,4 +10,5 @@ mod http;
 mod isolation;
 mod jwt;
 mod keys;
+mod nginx;
 mod rbac;
