@@ -8,6 +8,7 @@
 pub mod apikey;
 pub mod audit;
 pub mod ids;
+pub mod iplist;
 pub mod limits;
 pub mod principal;
 pub mod rbac;

@@ -65,10 +65,13 @@ pub enum Permission {
     Execute,
     /// The caller's own session: who am I, log out. Every authenticated principal holds it.
     Session,
+    /// Tenant configuration (IP rules, limits as seen by the tenant): the seed's Config row.
+    ConfigRead,
+    ConfigWrite,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 9] = [
+    pub const ALL: [Permission; 11] = [
         Permission::TenantsManage,
         Permission::TenantRead,
         Permission::UsersRead,
@@ -78,6 +81,8 @@ impl Permission {
         Permission::AuditRead,
         Permission::Execute,
         Permission::Session,
+        Permission::ConfigRead,
+        Permission::ConfigWrite,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -91,6 +96,8 @@ impl Permission {
             Permission::AuditRead => "audit.read",
             Permission::Execute => "execute",
             Permission::Session => "session",
+            Permission::ConfigRead => "config.read",
+            Permission::ConfigWrite => "config.write",
         }
     }
 
@@ -107,6 +114,8 @@ impl Permission {
             Permission::AuditRead => &[Admin, Editor, Viewer],
             Permission::Execute => &[Admin, Editor, Service],
             Permission::Session => &[Admin, Editor, Viewer, Service],
+            Permission::ConfigRead => &[Admin, Editor, Viewer],
+            Permission::ConfigWrite => &[Admin],
         }
     }
 

@@ -3,6 +3,7 @@
 //! changes the store: if the audit cannot be written nothing changes.
 use crate::{Grant, Guard, GuardError, RequestMeta, password};
 use portcullis_core::audit::AuditResult;
+use portcullis_core::iplist::{IpPolicy, IpRules};
 use portcullis_core::limits::LimitOverrides;
 use portcullis_core::timefmt::{parse_duration_secs, rfc3339_ms};
 use portcullis_core::{KeyId, Role, TenantId, TenantScope, Tier, UserId};
@@ -147,6 +148,25 @@ impl Guard {
         self.record(e).await?;
         self.store.set_limits(&tenant.id, limits, self.now_ms()).await?;
         self.invalidate_limits(&tenant.id);
+        Ok(())
+    }
+
+    pub async fn set_ip_rules(
+        &self,
+        g: &Grant,
+        meta: &RequestMeta,
+        tenant: &TenantId,
+        rules: &IpRules,
+    ) -> Result<(), AdminError> {
+        IpPolicy::compile(rules).map_err(AdminError::Invalid)?;
+        let mut e = self.event_for(g, meta, "tenant.ip_rules.update", AuditResult::Success);
+        e.tenant_id = Some(tenant.to_string());
+        e.resource_type = Some(String::from("tenant"));
+        e.resource_id = Some(tenant.to_string());
+        e.metadata = serde_json::json!({ "allow": rules.allow.len(), "block": rules.block.len() });
+        self.record(e).await?;
+        self.store.set_ip_rules(tenant, rules, self.now_ms()).await?;
+        self.invalidate_ip_rules(tenant);
         Ok(())
     }
 

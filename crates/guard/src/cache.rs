@@ -1,6 +1,7 @@
 //! In-memory caches of credentials and tenant states, keyed for the hot path, with reverse
 //! indexes so a change-feed entry (which names an id) finds the cached entry to drop.
 use dashmap::DashMap;
+use portcullis_core::iplist::IpPolicy;
 use portcullis_core::limits::LimitOverrides;
 use portcullis_core::{KeyId, TenantId, Tier};
 use portcullis_store::{ApiKeyRecord, Change, ChangeKind, SessionRecord, TenantStatus, User};
@@ -27,6 +28,7 @@ pub struct Caches {
     session_index: DashMap<String, String>,
     pub tenants: DashMap<TenantId, TenantState>,
     pub limits: DashMap<TenantId, Arc<LimitOverrides>>,
+    pub ip_rules: DashMap<TenantId, Arc<IpPolicy>>,
 }
 
 impl Caches {
@@ -68,6 +70,11 @@ impl Caches {
             ChangeKind::Limits => {
                 if let Ok(id) = TenantId::parse(&change.entity_id) {
                     self.limits.remove(&id);
+                }
+            }
+            ChangeKind::IpRules => {
+                if let Ok(id) = TenantId::parse(&change.entity_id) {
+                    self.ip_rules.remove(&id);
                 }
             }
             ChangeKind::User => {

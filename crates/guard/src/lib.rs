@@ -20,6 +20,7 @@ pub use login::{LoginOk, LoginPolicy};
 use dashmap::DashMap;
 use portcullis_audit::{AuditLog, AuditUnavailable};
 use portcullis_core::audit::{AuditEvent, AuditResult};
+use portcullis_core::iplist::{IpPolicy, IpVerdict};
 use portcullis_core::limits::{EffectiveLimits, effective};
 use portcullis_core::{KeyId, Permission, Principal, PrincipalKind, TenantId, TenantScope, Tier, TierLimits, apikey};
 use portcullis_limiter::{Admission, LimitRequest, Limiter, Limits, Rejection};
@@ -290,6 +291,16 @@ impl Guard {
             self.record(denied("x_tenant_id_mismatch", "cross_tenant_access_blocked")).await?;
             return Err(GuardError::Forbidden("X-Tenant-ID does not match the credential's tenant"));
         }
+        // Tenant guard, second half: the tenant's own IP allow/block lists.
+        if let Some(ip) = meta.ip.as_deref().and_then(|i| i.parse::<std::net::IpAddr>().ok()) {
+            let policy = self.ip_policy(&tenant).await?;
+            let verdict = policy.check(ip);
+            if verdict != IpVerdict::Allowed {
+                let reason = if verdict == IpVerdict::Blocked { "tenant_ip_blocked" } else { "tenant_ip_not_allowed" };
+                self.record(denied(reason, "ip.denied")).await?;
+                return Err(GuardError::Forbidden("the client address is not allowed for this tenant"));
+            }
+        }
         let role = principal.role.ok_or(GuardError::Forbidden("principal without role"))?;
         if !permission.granted_to(role) {
             self.record(denied("role_lacks_permission", "authz.denied")).await?;
@@ -509,6 +520,25 @@ impl Guard {
             now_ms: self.now_ms(),
         };
         Ok(self.limiter.admit(&req).await)
+    }
+
+    async fn ip_policy(&self, tenant: &TenantId) -> Result<Arc<IpPolicy>, StoreError> {
+        if let Some(p) = self.cache.ip_rules.get(tenant) {
+            return Ok(p.clone());
+        }
+        let rules = self.store.get_ip_rules(tenant).await?;
+        // Stored rules were validated on save; a row that no longer compiles denies nothing
+        // rather than everything, and is reported.
+        let policy = Arc::new(IpPolicy::compile(&rules).unwrap_or_else(|e| {
+            tracing::error!(tenant = %tenant, error = %e, "stored IP rules do not compile");
+            IpPolicy::default()
+        }));
+        self.cache.ip_rules.insert(tenant.clone(), policy.clone());
+        Ok(policy)
+    }
+
+    pub fn invalidate_ip_rules(&self, tenant: &TenantId) {
+        self.cache.ip_rules.remove(tenant);
     }
 
     pub fn limiter(&self) -> &Arc<dyn Limiter> {

@@ -31,7 +31,19 @@ macro_rules! markers {
         }
     };
 }
-markers!(TenantsManage, TenantRead, UsersRead, UsersWrite, KeysRead, KeysWrite, AuditRead, Execute, Session);
+markers!(
+    TenantsManage,
+    TenantRead,
+    UsersRead,
+    UsersWrite,
+    KeysRead,
+    KeysWrite,
+    AuditRead,
+    Execute,
+    Session,
+    ConfigRead,
+    ConfigWrite
+);
 
 pub fn credential_from(parts: &Parts) -> Option<Credential> {
     if let Some(v) = parts.headers.get(header::AUTHORIZATION) {

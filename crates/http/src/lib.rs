@@ -21,6 +21,10 @@ use utoipa_axum::router::OpenApiRouter;
 
 #[derive(Clone, Debug)]
 pub struct HttpSettings {
+    /// Global IP allow/block lists, checked on every request before anything else.
+    pub global_ip: portcullis_core::iplist::IpPolicy,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: portcullis_core::iplist::IpSet,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     pub key_rotation_default_grace: Duration,
@@ -29,6 +33,8 @@ pub struct HttpSettings {
 impl Default for HttpSettings {
     fn default() -> Self {
         Self {
+            global_ip: Default::default(),
+            trusted_proxies: Default::default(),
             max_body_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             key_rotation_default_grace: Duration::from_secs(3600),
@@ -90,7 +96,7 @@ pub fn app(guard: Arc<Guard>, audit: Arc<dyn AuditStore>, settings: HttpSettings
     // Anything that is not an API route is matched against the configured proxy routes.
     api.route("/openapi.json", axum::routing::get(routes::openapi_json))
         .fallback(proxy::proxy)
-        .with_state(state)
+        .with_state(state.clone())
         // Time limit for the whole handler (408), then the body-size limit (413) that also holds
         // for bodies streamed without Content-Length, then the edge layer that stamps request id,
         // security headers and problem bodies on everything below it.
@@ -99,5 +105,5 @@ pub fn app(guard: Arc<Guard>, audit: Arc<dyn AuditStore>, settings: HttpSettings
             settings.request_timeout,
         ))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(settings.max_body_bytes))
-        .layer(axum::middleware::from_fn(middleware::edge))
+        .layer(axum::middleware::from_fn_with_state(state, middleware::edge))
 }

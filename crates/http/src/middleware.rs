@@ -1,12 +1,15 @@
 //! The outermost layer, on every response: request id (propagated when well-formed, generated
 //! otherwise), request smuggling guard (Content-Length together with Transfer-Encoding is
 //! refused), security headers, and problem+json rendering with the request id.
+use crate::error::ApiError;
 use crate::error::{Problem, generic_problem, problem_body};
 use axum::body::Body;
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use portcullis_core::audit::AuditResult;
+use portcullis_core::iplist::{IpVerdict, client_ip};
 use portcullis_guard::RequestMeta;
 use std::net::SocketAddr;
 
@@ -34,7 +37,7 @@ fn security_headers(h: &mut HeaderMap) {
     set(h, header::CACHE_CONTROL, "no-store");
 }
 
-pub async fn edge(mut req: Request, next: Next) -> Response {
+pub async fn edge(State(app): State<crate::AppState>, mut req: Request, next: Next) -> Response {
     let request_id = req
         .headers()
         .get(&X_REQUEST_ID)
@@ -42,15 +45,32 @@ pub async fn edge(mut req: Request, next: Next) -> Response {
         .filter(|v| valid_request_id(v))
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
-    let ip = req.extensions().get::<PeerAddr>().map(|p| p.0.ip().to_string());
+    let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
+    let forwarded = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    let client = peer.map(|p| client_ip(p, forwarded, &app.settings.trusted_proxies));
+    let ip = client.map(|c| c.to_string());
     let user_agent =
         req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(|s| s.chars().take(512).collect());
-    req.extensions_mut().insert(RequestMeta { request_id: request_id.clone(), ip, user_agent });
+    let meta = RequestMeta { request_id: request_id.clone(), ip, user_agent };
+    req.extensions_mut().insert(meta.clone());
+
+    let verdict = client.map(|c| app.settings.global_ip.check(c)).unwrap_or(IpVerdict::Allowed);
 
     let smuggling =
         req.headers().contains_key(header::CONTENT_LENGTH) && req.headers().contains_key(header::TRANSFER_ENCODING);
-    let mut res = if smuggling {
-        crate::error::ApiError::BadRequest(String::from(
+    let mut res = if verdict != IpVerdict::Allowed {
+        let mut e = app.guard.event(&meta, "ip.denied", AuditResult::Denied);
+        e.reason = Some(String::from(if verdict == IpVerdict::Blocked {
+            "global_ip_blocked"
+        } else {
+            "global_ip_not_allowed"
+        }));
+        match app.guard.record(e).await {
+            Ok(()) => ApiError::Forbidden(String::from("the client address is not allowed")).into_response(),
+            Err(err) => ApiError::from(err).into_response(),
+        }
+    } else if smuggling {
+        ApiError::BadRequest(String::from(
             "Content-Length and Transfer-Encoding together are refused (request smuggling)",
         ))
         .into_response()

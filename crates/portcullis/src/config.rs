@@ -28,8 +28,20 @@ pub struct Config {
     pub auth: AuthSection,
     pub http: HttpSection,
     pub limits: LimitsSection,
+    pub ip: IpSection,
     pub tiers: BTreeMap<String, TierLimits>,
     pub routes: Vec<portcullis_http::proxy::RouteConfig>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IpSection {
+    /// CIDR networks or addresses; when non-empty, only these may connect.
+    pub allow: Vec<String>,
+    /// Always refused (403), checked before anything else.
+    pub block: Vec<String>,
+    /// Peers whose `X-Forwarded-For` is believed (e.g. your load balancer). Default: none.
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -118,6 +130,7 @@ impl Default for Config {
             auth: AuthSection::default(),
             http: HttpSection::default(),
             limits: LimitsSection::default(),
+            ip: IpSection::default(),
             routes: Vec::new(),
             tiers: Tier::ALL.iter().map(|t| (t.as_str().to_owned(), TierLimits::default_for(*t))).collect(),
         }
@@ -212,6 +225,15 @@ pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
     }
     if cfg.limits.principal_per_minute == 0 || cfg.limits.global_per_second == Some(0) {
         anyhow::bail!("invalid configuration: limits must be positive");
+    }
+    portcullis_core::iplist::IpPolicy::compile(&portcullis_core::iplist::IpRules {
+        allow: cfg.ip.allow.clone(),
+        block: cfg.ip.block.clone(),
+    })
+    .map_err(|e| anyhow::anyhow!("invalid configuration: [ip]: {e}"))?;
+    for p in &cfg.ip.trusted_proxies {
+        portcullis_core::iplist::parse_net(p)
+            .map_err(|e| anyhow::anyhow!("invalid configuration: ip.trusted_proxies: {e}"))?;
     }
     for r in &cfg.routes {
         r.validate().map_err(|e| anyhow::anyhow!("invalid configuration: [[routes]] `{}`: {e}", r.prefix))?;

@@ -4,6 +4,7 @@ use crate::runtime;
 use anyhow::Context;
 use portcullis_core::Principal;
 use portcullis_core::audit::AuditResult;
+use portcullis_core::iplist::{IpPolicy, IpRules, IpSet, parse_net};
 use portcullis_guard::{Grant, Guard, RequestMeta};
 use portcullis_http::{HttpSettings, server::ServeSettings};
 use std::sync::Arc;
@@ -84,6 +85,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         guard.clone(),
         opened.audit_reader,
         HttpSettings {
+            global_ip: IpPolicy::compile(&IpRules { allow: cfg.ip.allow.clone(), block: cfg.ip.block.clone() })
+                .map_err(|e| anyhow::anyhow!("[ip]: {e}"))?,
+            trusted_proxies: IpSet::new(
+                &cfg.ip
+                    .trusted_proxies
+                    .iter()
+                    .map(|p| parse_net(p))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(anyhow::Error::msg)?,
+            ),
             max_body_bytes: cfg.http.max_body_bytes,
             request_timeout: Duration::from_secs(cfg.http.request_timeout_secs),
             key_rotation_default_grace: Duration::from_secs(cfg.auth.key_rotation_grace_secs),

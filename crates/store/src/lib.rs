@@ -16,6 +16,7 @@ pub use models::*;
 
 use async_trait::async_trait;
 use portcullis_core::audit::{AuditEvent, AuditRecord};
+use portcullis_core::iplist::IpRules;
 use portcullis_core::limits::LimitOverrides;
 use portcullis_core::{KeyId, TenantId, TenantScope, UserId};
 
@@ -94,6 +95,11 @@ pub trait Store: Send + Sync + 'static {
     async fn get_limits(&self, tenant: &TenantId) -> Result<LimitOverrides>;
     /// Replaces the tenant's overrides. Records a `limits` change.
     async fn set_limits(&self, tenant: &TenantId, limits: &LimitOverrides, now_ms: i64) -> Result<()>;
+
+    // Per-tenant IP allow/block lists (CIDR text).
+    async fn get_ip_rules(&self, tenant: &TenantId) -> Result<IpRules>;
+    /// Replaces the tenant's IP rules. Records an `ip_rules` change.
+    async fn set_ip_rules(&self, tenant: &TenantId, rules: &IpRules, now_ms: i64) -> Result<()>;
 
     // Change feed: how caches in this and other processes learn of revocations.
     async fn changes_since(&self, seq: i64, limit: u32) -> Result<Vec<Change>>;

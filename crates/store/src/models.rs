@@ -91,6 +91,7 @@ pub enum ChangeKind {
     Session,
     User,
     Limits,
+    IpRules,
 }
 
 impl ChangeKind {
@@ -101,6 +102,7 @@ impl ChangeKind {
             ChangeKind::Session => "session",
             ChangeKind::User => "user",
             ChangeKind::Limits => "limits",
+            ChangeKind::IpRules => "ip_rules",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -110,6 +112,7 @@ impl ChangeKind {
             "session" => Some(ChangeKind::Session),
             "user" => Some(ChangeKind::User),
             "limits" => Some(ChangeKind::Limits),
+            "ip_rules" => Some(ChangeKind::IpRules),
             _ => None,
         }
     }

@@ -6,6 +6,7 @@
 //! commit returns); `synchronous=FULL` (audit with `fsync = true`) also survives power loss.
 use crate::*;
 use portcullis_core::audit::{AuditRecord, AuditResult, GENESIS_HASH};
+use portcullis_core::iplist::IpRules;
 use portcullis_core::limits::LimitOverrides;
 use portcullis_core::{Role, Tier};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
@@ -79,6 +80,16 @@ CREATE TABLE tenant_limits (
     rate_per_minute BIGINT NULL,
     requests_per_day BIGINT NULL,
     concurrency BIGINT NULL,
+    updated_at BIGINT NOT NULL
+);
+"#,
+    ),
+    (
+        3,
+        r#"
+CREATE TABLE tenant_ip_rules (
+    tenant_id TEXT PRIMARY KEY REFERENCES tenants(id),
+    rules TEXT NOT NULL,
     updated_at BIGINT NOT NULL
 );
 "#,
@@ -591,6 +602,34 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         Self::record_change(&mut tx, ChangeKind::Limits, tenant.as_str(), now_ms).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_ip_rules(&self, tenant: &TenantId) -> Result<IpRules> {
+        let text: Option<String> = sqlx::query_scalar("SELECT rules FROM tenant_ip_rules WHERE tenant_id = ?")
+            .bind(tenant.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        match text {
+            None => Ok(IpRules::default()),
+            Some(t) => serde_json::from_str(&t).map_err(|_| corrupt("ip rules", &t)),
+        }
+    }
+
+    async fn set_ip_rules(&self, tenant: &TenantId, rules: &IpRules, now_ms: i64) -> Result<()> {
+        let text = serde_json::to_string(rules).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "INSERT INTO tenant_ip_rules (tenant_id, rules, updated_at) VALUES (?, ?, ?) \
+             ON CONFLICT (tenant_id) DO UPDATE SET rules = excluded.rules, updated_at = excluded.updated_at",
+        )
+        .bind(tenant.as_str())
+        .bind(text)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        Self::record_change(&mut tx, ChangeKind::IpRules, tenant.as_str(), now_ms).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -29,6 +29,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(tenants::suspend))
         .routes(routes!(tenants::resume))
         .routes(routes!(tenants::get_limits, tenants::put_limits))
+        .routes(routes!(tenants::get_ip_rules, tenants::put_ip_rules))
         .routes(routes!(decide::authorize))
         .routes(routes!(decide::check))
         .routes(routes!(users::list, users::create))

@@ -148,3 +148,35 @@ pub async fn put_limits(
     a.app.guard.set_limits(&a.grant, &a.meta, &t, &body).await?;
     Ok(Json(limits_view(&a, &t).await?))
 }
+
+/// The tenant's IP allow/block lists (CIDR): operators any tenant, tenant readers their own.
+#[utoipa::path(get, path = "/v1/tenants/{id}/ip-rules", tag = "tenants", params(("id" = String, Path)), security(("bearer" = []), ("api_key" = [])),
+    responses((status = 200, body = Object), (status = 404, body = ProblemDoc)))]
+pub async fn get_ip_rules(
+    a: Authed<perm::ConfigRead>,
+    Path(id): Path<String>,
+) -> Result<Json<portcullis_core::iplist::IpRules>, ApiError> {
+    let t = load(&a, &id, "tenant.ip_rules.read").await?;
+    let rules = a.app.guard.store().get_ip_rules(&t.id).await?;
+    let mut e = a.event("tenant.ip_rules.read", AuditResult::Success);
+    e.tenant_id = Some(t.id.to_string());
+    e.resource_type = Some(String::from("tenant"));
+    e.resource_id = Some(t.id.to_string());
+    a.record(e).await?;
+    Ok(Json(rules))
+}
+
+/// Replaces the tenant's IP lists: `{"allow": [CIDR…], "block": [CIDR…]}`. Blocked addresses get
+/// 403; with a non-empty allow list, every other address does too. Operators and tenant admins.
+#[utoipa::path(put, path = "/v1/tenants/{id}/ip-rules", tag = "tenants", params(("id" = String, Path)), request_body = Object,
+    security(("bearer" = []), ("api_key" = [])),
+    responses((status = 200, body = Object), (status = 400, body = ProblemDoc), (status = 404, body = ProblemDoc)))]
+pub async fn put_ip_rules(
+    a: Authed<perm::ConfigWrite>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<portcullis_core::iplist::IpRules>,
+) -> Result<Json<portcullis_core::iplist::IpRules>, ApiError> {
+    let t = load(&a, &id, "tenant.ip_rules.update").await?;
+    a.app.guard.set_ip_rules(&a.grant, &a.meta, &t.id, &body).await?;
+    Ok(Json(body))
+}

@@ -166,6 +166,8 @@ fn openapi_documents_every_route() {
         ("/v1/audit", "get"),
         ("/v1/tenants/{id}/limits", "get"),
         ("/v1/tenants/{id}/limits", "put"),
+        ("/v1/tenants/{id}/ip-rules", "get"),
+        ("/v1/tenants/{id}/ip-rules", "put"),
         ("/v1/authorize", "post"),
         ("/v1/auth/check", "get"),
     ];

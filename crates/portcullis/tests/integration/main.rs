@@ -7,6 +7,7 @@ mod harness;
 mod audit;
 mod cli;
 mod http;
+mod iplists;
 mod isolation;
 mod jwt;
 mod keys;

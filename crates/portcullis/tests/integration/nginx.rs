@@ -80,7 +80,12 @@ fn auth_request_allows_denies_and_limits() {
     let t = s.create_tenant(&op, "edge", "free");
     let (_, service) = s.create_key(&op, &t, "service");
     let (_, viewer) = s.create_key(&op, &t, "viewer");
-    let r = s.request("PUT", &format!("/v1/tenants/{t}/limits")).bearer_auth(&op).json(&json!({"rate_per_minute": 3})).send().unwrap();
+    let r = s
+        .request("PUT", &format!("/v1/tenants/{t}/limits"))
+        .bearer_auth(&op)
+        .json(&json!({"rate_per_minute": 3}))
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 200);
     let (listen, app) = (free_port(), free_port());
     let _nginx = start_nginx(&s.addr, listen, app);

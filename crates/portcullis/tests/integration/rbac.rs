@@ -76,6 +76,22 @@ fn table() -> Vec<Row> {
             ok: 201,
         },
         Row { method: "GET", path: "/v1/audit", body: None, allowed: readers(), ok: 200 },
+        Row { method: "GET", path: "/v1/tenants/{T}/limits", body: None, allowed: readers(), ok: 200 },
+        Row {
+            method: "PUT",
+            path: "/v1/tenants/{T}/limits",
+            body: Some(|| json!({"rate_per_minute": 1000})),
+            allowed: &[Operator],
+            ok: 200,
+        },
+        Row { method: "GET", path: "/v1/tenants/{T}/ip-rules", body: None, allowed: readers(), ok: 200 },
+        Row {
+            method: "PUT",
+            path: "/v1/tenants/{T}/ip-rules",
+            body: Some(|| json!({"allow": [], "block": ["192.0.2.0/24"]})),
+            allowed: &[Operator, AdminKey, AdminUser],
+            ok: 200,
+        },
         Row {
             method: "GET",
             path: "/v1/auth/whoami",
