@@ -17,7 +17,7 @@ apt_install() {
   local sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
 if ! command -v cargo >/dev/null; then
@@ -26,7 +26,8 @@ if ! command -v cargo >/dev/null; then
 fi
 # openssl: the JWT tests generate RSA and Ed25519 key pairs with it.
 # nginx: the auth_request integration test runs the configuration of docs/nginx.md.
-apt_install openssl nginx
+# prometheus: its promtool checks the /metrics output.
+apt_install openssl nginx prometheus
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -235,7 +235,13 @@ impl Guard {
 
     /// Writes an event durably; the caller must not acknowledge its request if this fails.
     pub async fn record(&self, event: AuditEvent) -> Result<(), GuardError> {
-        Ok(self.audit.record(event).await?)
+        let started = std::time::Instant::now();
+        let outcome = self.audit.record(event).await;
+        metrics::histogram!("portcullis_audit_write_seconds").record(started.elapsed().as_secs_f64());
+        if outcome.is_err() {
+            metrics::counter!("portcullis_audit_failures_total").increment(1);
+        }
+        Ok(outcome?)
     }
 
     /// Authenticate → tenant guard → permission. Every refusal is audited before it is returned.
@@ -342,6 +348,7 @@ impl Guard {
                 Err(GuardError::Forbidden("tenant suspended"))
             }
             Err(AuthFailure::Invalid(reason)) => {
+                metrics::counter!("portcullis_auth_failures_total", "reason" => reason).increment(1);
                 let mut e = self.event(meta, "auth.failure", AuditResult::Failure);
                 e.reason = Some(String::from(reason));
                 e.metadata = serde_json::json!({ "credential": kind, "key_prefix": hint });

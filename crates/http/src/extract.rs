@@ -59,6 +59,14 @@ pub fn meta_from(parts: &Parts) -> RequestMeta {
     parts.extensions.get::<RequestMeta>().cloned().unwrap_or_default()
 }
 
+/// Tells the edge layer which tenant the request acted in (for the metrics label).
+pub fn note_tenant(parts: &Parts, grant: &Grant) {
+    let tenant = grant.scope.as_ref().map(|s| s.tenant_id()).or(grant.principal.tenant_id.as_ref());
+    if let (Some(cell), Some(t)) = (parts.extensions.get::<crate::metrics::TenantCell>(), tenant) {
+        let _ = cell.0.set(t.to_string());
+    }
+}
+
 pub struct Authed<P> {
     pub grant: Grant,
     pub meta: RequestMeta,
@@ -78,6 +86,7 @@ where
         let credential = credential_from(parts);
         let x_tenant = parts.headers.get("x-tenant-id").map(|v| v.to_str().unwrap_or("(not valid text)").to_owned());
         let grant = app.guard.check(credential, x_tenant.as_deref(), P::PERMISSION, &meta).await?;
+        note_tenant(parts, &grant);
         Ok(Authed { grant, meta, app, _p: PhantomData })
     }
 }

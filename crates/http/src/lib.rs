@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod metrics;
 pub mod middleware;
 pub mod proxy;
 mod routes;
@@ -28,6 +29,8 @@ pub struct HttpSettings {
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
     pub key_rotation_default_grace: Duration,
+    /// Scrape token accepted on `/metrics` besides operator credentials.
+    pub metrics_token: Option<String>,
 }
 
 impl Default for HttpSettings {
@@ -38,6 +41,7 @@ impl Default for HttpSettings {
             max_body_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             key_rotation_default_grace: Duration::from_secs(3600),
+            metrics_token: None,
         }
     }
 }
@@ -50,6 +54,8 @@ pub struct AppState {
     pub openapi_json: Arc<String>,
     pub routes: Arc<proxy::RouteTable>,
     pub client: proxy::UpstreamClient,
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    pub tenant_labels: Arc<metrics::TenantLabels>,
 }
 
 #[derive(OpenApi)]
@@ -92,9 +98,12 @@ pub fn app(guard: Arc<Guard>, audit: Arc<dyn AuditStore>, settings: HttpSettings
         openapi_json,
         routes: Arc::new(routes),
         client: proxy::client(),
+        metrics: metrics::install(),
+        tenant_labels: Arc::new(metrics::TenantLabels::default()),
     };
     // Anything that is not an API route is matched against the configured proxy routes.
     api.route("/openapi.json", axum::routing::get(routes::openapi_json))
+        .route("/metrics", axum::routing::get(routes::metrics))
         .fallback(proxy::proxy)
         .with_state(state.clone())
         // Time limit for the whole handler (408), then the body-size limit (413) that also holds

@@ -3,8 +3,9 @@
 //! refused), security headers, and problem+json rendering with the request id.
 use crate::error::ApiError;
 use crate::error::{Problem, generic_problem, problem_body};
+use crate::metrics::{RouteLabel, TenantCell};
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -53,6 +54,10 @@ pub async fn edge(State(app): State<crate::AppState>, mut req: Request, next: Ne
         req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(|s| s.chars().take(512).collect());
     let meta = RequestMeta { request_id: request_id.clone(), ip, user_agent };
     req.extensions_mut().insert(meta.clone());
+    let started = std::time::Instant::now();
+    let tenant_cell = TenantCell::default();
+    req.extensions_mut().insert(tenant_cell.clone());
+    let matched = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
 
     let verdict = client.map(|c| app.settings.global_ip.check(c)).unwrap_or(IpVerdict::Allowed);
 
@@ -93,6 +98,17 @@ pub async fn edge(State(app): State<crate::AppState>, mut req: Request, next: Ne
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         res.headers_mut().insert(X_REQUEST_ID.clone(), v);
     }
+    let route = res
+        .extensions()
+        .get::<RouteLabel>()
+        .map(|r| r.0.clone())
+        .or(matched)
+        .unwrap_or_else(|| String::from("unmatched"));
+    let tenant = tenant_cell.0.get().map(|t| app.tenant_labels.label(t)).unwrap_or_else(|| String::from("none"));
+    metrics::counter!("portcullis_requests_total", "route" => route.clone(), "status" => status.as_str().to_owned(), "tenant" => tenant)
+        .increment(1);
+    metrics::histogram!("portcullis_request_duration_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
     security_headers(res.headers_mut());
     if smuggling {
         res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));

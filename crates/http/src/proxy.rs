@@ -8,6 +8,7 @@
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{credential_from, meta_from};
+use crate::metrics::{InFlight, RouteLabel};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri, header};
@@ -237,6 +238,7 @@ pub fn rate_headers(h: &mut HeaderMap, r: &RateInfo) {
 struct SlotBody {
     inner: hyper::body::Incoming,
     _slot: Option<Slot>,
+    _in_flight: Option<InFlight>,
 }
 
 impl http_body::Body for SlotBody {
@@ -265,10 +267,15 @@ mod bytes_alias {
 
 /// Fallback handler: requests that match a route are proxied; anything else is 404.
 pub async fn proxy(State(app): State<AppState>, req: Request) -> Response {
-    match forward(app, req).await {
+    let label = app.routes.find(req.uri().path()).map(|r| RouteLabel(r.cfg.prefix.clone()));
+    let mut res = match forward(app, req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
+    };
+    if let Some(l) = label {
+        res.extensions_mut().insert(l);
     }
+    res
 }
 
 async fn forward(app: AppState, req: Request) -> Result<Response, ApiError> {
@@ -279,9 +286,11 @@ async fn forward(app: AppState, req: Request) -> Result<Response, ApiError> {
     let meta = meta_from(&parts);
     let x_tenant = parts.headers.get("x-tenant-id").map(|v| v.to_str().unwrap_or("(not valid text)").to_owned());
     let grant = app.guard.check(credential_from(&parts), x_tenant.as_deref(), Permission::Execute, &meta).await?;
+    crate::extract::note_tenant(&parts, &grant);
     let admission = match app.guard.admit(&grant.principal, &route.cfg.prefix, route.cfg.rate_per_minute, true).await? {
         Ok(a) => a,
         Err(rejection) => {
+            crate::metrics::limit_rejected(rejection.kind.as_str());
             let mut e = app.guard.event_for(&grant, &meta, &route.cfg.action, AuditResult::Denied);
             e.resource_type = Some(String::from("route"));
             e.resource_id = Some(route.cfg.prefix.clone());
@@ -339,7 +348,8 @@ async fn forward(app: AppState, req: Request) -> Result<Response, ApiError> {
     strip_response_headers(&mut rparts.headers);
     rate_headers(&mut rparts.headers, &admission.rate);
     rparts.extensions.insert(Proxied);
-    let body = Body::new(SlotBody { inner: rbody, _slot: admission.slot });
+    let in_flight = grant.principal.tenant_id.as_ref().map(|t| InFlight::start(app.tenant_labels.label(t.as_str())));
+    let body = Body::new(SlotBody { inner: rbody, _slot: admission.slot, _in_flight: in_flight });
     Ok(Response::from_parts(rparts, body))
 }
 

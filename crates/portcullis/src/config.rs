@@ -29,8 +29,16 @@ pub struct Config {
     pub http: HttpSection,
     pub limits: LimitsSection,
     pub ip: IpSection,
+    pub metrics: MetricsSection,
     pub tiers: BTreeMap<String, TierLimits>,
     pub routes: Vec<portcullis_http::proxy::RouteConfig>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Bearer token a Prometheus scraper may present on `/metrics` (operators always may).
+    pub bearer_token: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -131,6 +139,7 @@ impl Default for Config {
             http: HttpSection::default(),
             limits: LimitsSection::default(),
             ip: IpSection::default(),
+            metrics: MetricsSection::default(),
             routes: Vec::new(),
             tiers: Tier::ALL.iter().map(|t| (t.as_str().to_owned(), TierLimits::default_for(*t))).collect(),
         }
@@ -222,6 +231,9 @@ pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
     let cfg: Config = fig.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     for name in cfg.tiers.keys() {
         name.parse::<Tier>().map_err(|e| anyhow::anyhow!("invalid configuration: [tiers.{name}]: {e}"))?;
+    }
+    if cfg.metrics.bearer_token.as_ref().is_some_and(|t| t.len() < 16) {
+        anyhow::bail!("invalid configuration: metrics.bearer_token must have at least 16 characters");
     }
     if cfg.limits.principal_per_minute == 0 || cfg.limits.global_per_second == Some(0) {
         anyhow::bail!("invalid configuration: limits must be positive");

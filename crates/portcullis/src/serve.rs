@@ -98,12 +98,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             max_body_bytes: cfg.http.max_body_bytes,
             request_timeout: Duration::from_secs(cfg.http.request_timeout_secs),
             key_rotation_default_grace: Duration::from_secs(cfg.auth.key_rotation_grace_secs),
+            metrics_token: cfg.metrics.bearer_token.clone(),
         },
         routes,
     );
     println!("Portcullis listening on http://{local}");
     println!("  API:      http://{local}/v1   (OpenAPI: http://{local}/openapi.json)");
-    println!("  health:   http://{local}/healthz  http://{local}/readyz");
+    println!(
+        "  health:   http://{local}/healthz  http://{local}/readyz   metrics: http://{local}/metrics (operator or scrape token)"
+    );
     for r in &cfg.routes {
         println!("  route:    http://{local}{}/…  →  {}   (action {})", r.prefix, r.upstream, r.action);
     }

@@ -84,6 +84,7 @@ impl FromRequestParts<AppState> for Caller {
         let x_tenant = parts.headers.get("x-tenant-id").map(|v| v.to_str().unwrap_or("(not valid text)").to_owned());
         // Session permission: every principal holds it; the X-Tenant-ID rule applies here.
         let grant = app.guard.authorize(principal, x_tenant.as_deref(), Permission::Session, &meta).await?;
+        crate::extract::note_tenant(parts, &grant);
         Ok(Caller { grant, meta })
     }
 }
@@ -126,6 +127,7 @@ pub async fn authorize(
                 true
             }
             Err(r) => {
+                crate::metrics::limit_rejected(r.kind.as_str());
                 reasons.push(format!("limit:{}", r.kind.as_str()));
                 rate_headers(&mut headers, &r.rate);
                 limits = Some(LimitsView {

@@ -40,6 +40,32 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(audit::query))
 }
 
+/// Prometheus text. Not in the OpenAPI document: it is an operations endpoint, not the API.
+pub async fn metrics(
+    State(s): State<AppState>,
+    headers: axum::http::HeaderMap,
+    meta: axum::Extension<portcullis_guard::RequestMeta>,
+) -> Result<axum::response::Response, ApiError> {
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let token_ok = match (&s.settings.metrics_token, bearer) {
+        (Some(want), Some(got)) => subtle::ConstantTimeEq::ct_eq(want.as_bytes(), got.as_bytes()).into(),
+        _ => false,
+    };
+    if !token_ok {
+        let principal = s.guard.authenticate(bearer.map(portcullis_guard::Credential::classify), &meta).await?;
+        if !principal.is_operator() {
+            return Err(ApiError::Forbidden(String::from("metrics are for operators and the configured scrape token")));
+        }
+    }
+    ::metrics::gauge!("portcullis_audit_queue_depth").set(s.guard.audit_log().queue_depth() as f64);
+    let body = s.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response())
+}
+
 pub async fn openapi_json(State(s): State<AppState>) -> impl IntoResponse {
     ([(axum::http::header::CONTENT_TYPE, "application/json")], s.openapi_json.as_str().to_owned())
 }

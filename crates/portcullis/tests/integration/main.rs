@@ -11,5 +11,6 @@ mod iplists;
 mod isolation;
 mod jwt;
 mod keys;
+mod metrics;
 mod nginx;
 mod rbac;

@@ -1,0 +1,95 @@
+//! Prometheus metrics on `/metrics`. Label values are bounded: routes come from configuration
+//! and the route table, statuses are three digits, limit kinds and auth reasons are fixed sets,
+//! and tenants are capped at [`MAX_TENANT_LABELS`] distinct values (later tenants are `other`).
+//!
+//! `/metrics` names tenants, so it is not public: it answers an operator credential, or the
+//! scrape token configured as `metrics.bearer_token`.
+use dashmap::DashMap;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::{Arc, OnceLock};
+
+pub const MAX_TENANT_LABELS: usize = 1000;
+
+const BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide recorder once; later calls return the same handle.
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| match PrometheusBuilder::new().set_buckets(BUCKETS).and_then(|b| b.install_recorder()) {
+            Ok(h) => {
+                describe();
+                Some(h)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics recorder not installed");
+                None
+            }
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!("portcullis_requests_total", "Requests answered, by route, status and tenant.");
+    describe_histogram!(
+        "portcullis_request_duration_seconds",
+        Unit::Seconds,
+        "Time to the response headers, by route (proxied bodies stream after)."
+    );
+    describe_counter!("portcullis_limit_rejections_total", "Requests refused by a limit, by kind.");
+    describe_gauge!("portcullis_in_flight_requests", "Proxied requests whose response is still streaming, by tenant.");
+    describe_histogram!("portcullis_audit_write_seconds", Unit::Seconds, "Time until an audit event is durable.");
+    describe_counter!("portcullis_audit_failures_total", "Audit writes that failed (their requests were refused).");
+    describe_gauge!("portcullis_audit_queue_depth", "Audit events waiting for the writer.");
+    describe_counter!("portcullis_auth_failures_total", "Rejected credentials, by reason.");
+}
+
+#[derive(Default)]
+pub struct TenantLabels {
+    seen: DashMap<String, ()>,
+}
+
+impl TenantLabels {
+    pub fn label(&self, tenant: &str) -> String {
+        if self.seen.contains_key(tenant) {
+            return tenant.to_owned();
+        }
+        if self.seen.len() < MAX_TENANT_LABELS {
+            self.seen.insert(tenant.to_owned(), ());
+            return tenant.to_owned();
+        }
+        String::from("other")
+    }
+}
+
+/// Filled by whoever learns the request's tenant (guard extractors, proxy); read by the edge
+/// layer when it counts the response.
+#[derive(Clone, Default)]
+pub struct TenantCell(pub Arc<OnceLock<String>>);
+
+/// The route a response belongs to, for the `route` label of proxied requests.
+#[derive(Clone)]
+pub struct RouteLabel(pub String);
+
+/// Counts a proxied request in flight for a tenant while alive.
+pub struct InFlight(String);
+
+impl InFlight {
+    pub fn start(tenant: String) -> Self {
+        metrics::gauge!("portcullis_in_flight_requests", "tenant" => tenant.clone()).increment(1.0);
+        InFlight(tenant)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!("portcullis_in_flight_requests", "tenant" => self.0.clone()).decrement(1.0);
+    }
+}
+
+pub fn limit_rejected(kind: &'static str) {
+    metrics::counter!("portcullis_limit_rejections_total", "kind" => kind).increment(1);
+}
