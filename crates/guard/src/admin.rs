@@ -7,7 +7,7 @@ use portcullis_core::iplist::{IpPolicy, IpRules};
 use portcullis_core::limits::LimitOverrides;
 use portcullis_core::timefmt::{parse_duration_secs, rfc3339_ms};
 use portcullis_core::{KeyId, Role, TenantId, TenantScope, Tier, UserId};
-use portcullis_store::{ApiKeyRecord, Tenant, TenantStatus, User};
+use portcullis_store::{ApiKeyRecord, Tenant, TenantStatus, UpstreamCredential, User};
 
 /// Longest validity a key or a grace period may be given.
 pub const MAX_LIFETIME_SECS: i64 = 5 * 365 * 86_400;
@@ -168,6 +168,57 @@ impl Guard {
         self.store.set_ip_rules(tenant, rules, self.now_ms()).await?;
         self.invalidate_ip_rules(tenant);
         Ok(())
+    }
+
+    /// Seals and stores the credential the proxy adds on `route` for this tenant.
+    pub async fn set_upstream_credential(
+        &self,
+        g: &Grant,
+        meta: &RequestMeta,
+        scope: &TenantScope,
+        route: &str,
+        header: &str,
+        value: &str,
+    ) -> Result<UpstreamCredential, AdminError> {
+        let ctx = crate::sealed::credential_context(scope.tenant_id().as_str(), route, header);
+        let (nonce_hex, ciphertext_hex) =
+            self.master_key().seal(&ctx, value.as_bytes()).map_err(AdminError::Invalid)?;
+        let now = self.now_ms();
+        let c = UpstreamCredential {
+            route: route.to_owned(),
+            header_name: header.to_owned(),
+            nonce_hex,
+            ciphertext_hex,
+            created_at_ms: now,
+            updated_at_ms: now,
+            created_by: g.principal.id.clone(),
+        };
+        let mut e = self.event_for(g, meta, "upstream_credential.set", AuditResult::Success);
+        e.tenant_id = Some(scope.tenant_id().to_string());
+        e.resource_type = Some(String::from("upstream_credential"));
+        e.resource_id = Some(route.to_owned());
+        e.metadata = serde_json::json!({ "header": header });
+        self.record(e).await?;
+        self.store.put_upstream_credential(scope, &c).await?;
+        self.invalidate_upstream_credential(scope.tenant_id(), route);
+        Ok(c)
+    }
+
+    pub async fn delete_upstream_credential(
+        &self,
+        g: &Grant,
+        meta: &RequestMeta,
+        scope: &TenantScope,
+        route: &str,
+    ) -> Result<bool, AdminError> {
+        let mut e = self.event_for(g, meta, "upstream_credential.delete", AuditResult::Success);
+        e.tenant_id = Some(scope.tenant_id().to_string());
+        e.resource_type = Some(String::from("upstream_credential"));
+        e.resource_id = Some(route.to_owned());
+        self.record(e).await?;
+        let gone = self.store.delete_upstream_credential(scope, route, self.now_ms()).await?;
+        self.invalidate_upstream_credential(scope.tenant_id(), route);
+        Ok(gone)
     }
 
     /// `tenant: None` creates a platform operator.

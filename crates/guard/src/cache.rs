@@ -29,6 +29,8 @@ pub struct Caches {
     pub tenants: DashMap<TenantId, TenantState>,
     pub limits: DashMap<TenantId, Arc<LimitOverrides>>,
     pub ip_rules: DashMap<TenantId, Arc<IpPolicy>>,
+    /// (tenant + route) → the opened credential, or `None` when the tenant has none there.
+    pub upstream: DashMap<String, Option<Arc<(String, String)>>>,
 }
 
 impl Caches {
@@ -71,6 +73,9 @@ impl Caches {
                 if let Ok(id) = TenantId::parse(&change.entity_id) {
                     self.limits.remove(&id);
                 }
+            }
+            ChangeKind::UpstreamCredential => {
+                self.upstream.remove(&change.entity_id);
             }
             ChangeKind::IpRules => {
                 if let Ok(id) = TenantId::parse(&change.entity_id) {

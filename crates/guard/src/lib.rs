@@ -13,6 +13,7 @@ mod cache;
 pub mod jwt;
 mod login;
 pub mod password;
+pub mod sealed;
 
 pub use jwt::{JwtConfig, JwtKeyConfig};
 pub use login::{LoginOk, LoginPolicy};
@@ -112,6 +113,7 @@ pub struct Grant {
 }
 
 pub struct GuardConfig {
+    pub master_key: sealed::MasterKey,
     pub limiter: Arc<dyn Limiter>,
     pub limits: LimitsConfig,
     pub pepper: Vec<u8>,
@@ -141,6 +143,7 @@ impl Default for LimitsConfig {
 }
 
 pub struct Guard {
+    master_key: sealed::MasterKey,
     limiter: Arc<dyn Limiter>,
     limits: LimitsConfig,
     store: Arc<dyn Store>,
@@ -174,6 +177,7 @@ impl Guard {
         };
         let seq = store.latest_change_seq().await.map_err(|e| e.to_string())?;
         Ok(Arc::new(Guard {
+            master_key: cfg.master_key,
             limiter: cfg.limiter,
             limits: cfg.limits,
             store,
@@ -542,6 +546,44 @@ impl Guard {
         }));
         self.cache.ip_rules.insert(tenant.clone(), policy.clone());
         Ok(policy)
+    }
+
+    /// The (header, value) to add when forwarding for `tenant` on `route`, opened from its sealed
+    /// form once and cached until the change feed says it changed.
+    pub async fn upstream_credential(
+        &self,
+        tenant: &TenantId,
+        route: &str,
+    ) -> Result<Option<Arc<(String, String)>>, GuardError> {
+        let key = format!("{tenant}{route}");
+        if let Some(c) = self.cache.upstream.get(&key) {
+            return Ok(c.clone());
+        }
+        let scope = TenantScope::authorized(tenant.clone(), false);
+        let opened = match self.store.get_upstream_credential(&scope, route).await? {
+            None => None,
+            Some(c) => {
+                let ctx = sealed::credential_context(tenant.as_str(), route, &c.header_name);
+                let plain = self.master_key.open(&ctx, &c.nonce_hex, &c.ciphertext_hex).map_err(|e| {
+                    tracing::error!(tenant = %tenant, route, error = %e, "upstream credential does not open");
+                    GuardError::Store(StoreError::Corrupt(String::from("upstream credential does not open")))
+                })?;
+                let value = String::from_utf8(plain).map_err(|_| {
+                    GuardError::Store(StoreError::Corrupt(String::from("upstream credential is not text")))
+                })?;
+                Some(Arc::new((c.header_name, value)))
+            }
+        };
+        self.cache.upstream.insert(key, opened.clone());
+        Ok(opened)
+    }
+
+    pub fn invalidate_upstream_credential(&self, tenant: &TenantId, route: &str) {
+        self.cache.upstream.remove(&format!("{tenant}{route}"));
+    }
+
+    pub(crate) fn master_key(&self) -> &sealed::MasterKey {
+        &self.master_key
     }
 
     pub fn invalidate_ip_rules(&self, tenant: &TenantId) {

@@ -329,6 +329,13 @@ async fn forward(app: AppState, req: Request) -> Result<Response, ApiError> {
         };
         set(h, "x-forwarded-for", &xff);
     }
+    if let Some(t) = &grant.principal.tenant_id
+        && let Some(cred) = app.guard.upstream_credential(t, &route.cfg.prefix).await?
+        && let (Ok(name), Ok(mut value)) = (HeaderName::from_bytes(cred.0.as_bytes()), HeaderValue::from_str(&cred.1))
+    {
+        value.set_sensitive(true);
+        parts.headers.insert(name, value);
+    }
     parts.uri = uri;
     parts.version = axum::http::Version::HTTP_11;
     let upstream_req = axum::http::Request::from_parts(parts, body);

@@ -86,6 +86,7 @@ pub async fn open(cfg: Config, writer_id: String) -> anyhow::Result<Opened> {
     }
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let pepper = secret(&cfg, "PORTCULLIS_KEY_PEPPER", &cfg.key_pepper, &cfg.key_pepper_file, "key-pepper")?;
+    let master_key = secret(&cfg, "PORTCULLIS_MASTER_KEY", &cfg.master_key, &cfg.master_key_file, "master-key")?;
     let signing_key = secret(
         &cfg,
         "PORTCULLIS_AUDIT_SIGNING_KEY",
@@ -125,6 +126,7 @@ pub async fn open(cfg: Config, writer_id: String) -> anyhow::Result<Opened> {
     let login = &cfg.auth.login;
     let guard = Guard::new(
         GuardConfig {
+            master_key: portcullis_guard::sealed::MasterKey::new(master_key),
             limiter: Arc::new(portcullis_limiter::local::LocalLimiter::new()),
             limits: LimitsConfig {
                 tiers: cfg

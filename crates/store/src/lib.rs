@@ -101,6 +101,13 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces the tenant's IP rules. Records an `ip_rules` change.
     async fn set_ip_rules(&self, tenant: &TenantId, rules: &IpRules, now_ms: i64) -> Result<()>;
 
+    // Upstream credentials per tenant and route, sealed with the master key by the caller.
+    /// Inserts or replaces. Records an `upstream_credential` change.
+    async fn put_upstream_credential(&self, scope: &TenantScope, c: &UpstreamCredential) -> Result<()>;
+    async fn get_upstream_credential(&self, scope: &TenantScope, route: &str) -> Result<Option<UpstreamCredential>>;
+    async fn list_upstream_credentials(&self, scope: &TenantScope) -> Result<Vec<UpstreamCredential>>;
+    async fn delete_upstream_credential(&self, scope: &TenantScope, route: &str, now_ms: i64) -> Result<bool>;
+
     // Change feed: how caches in this and other processes learn of revocations.
     async fn changes_since(&self, seq: i64, limit: u32) -> Result<Vec<Change>>;
     async fn latest_change_seq(&self) -> Result<i64>;

@@ -92,6 +92,8 @@ pub enum ChangeKind {
     User,
     Limits,
     IpRules,
+    /// Entity id: tenant id (36 characters) followed by the route prefix.
+    UpstreamCredential,
 }
 
 impl ChangeKind {
@@ -103,6 +105,7 @@ impl ChangeKind {
             ChangeKind::User => "user",
             ChangeKind::Limits => "limits",
             ChangeKind::IpRules => "ip_rules",
+            ChangeKind::UpstreamCredential => "upstream_credential",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -113,6 +116,7 @@ impl ChangeKind {
             "user" => Some(ChangeKind::User),
             "limits" => Some(ChangeKind::Limits),
             "ip_rules" => Some(ChangeKind::IpRules),
+            "upstream_credential" => Some(ChangeKind::UpstreamCredential),
             _ => None,
         }
     }
@@ -161,4 +165,17 @@ pub struct AuditFilter {
 
 pub fn metadata_text(v: &Value) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| String::from("{}"))
+}
+
+/// A credential the gateway adds to requests it forwards for a tenant on a route. The value is
+/// only ever stored sealed (XChaCha20-Poly1305 under the master key).
+#[derive(Clone, Debug)]
+pub struct UpstreamCredential {
+    pub route: String,
+    pub header_name: String,
+    pub nonce_hex: String,
+    pub ciphertext_hex: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub created_by: String,
 }

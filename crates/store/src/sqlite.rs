@@ -94,6 +94,22 @@ CREATE TABLE tenant_ip_rules (
 );
 "#,
     ),
+    (
+        4,
+        r#"
+CREATE TABLE upstream_credentials (
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    route TEXT NOT NULL,
+    header_name TEXT NOT NULL,
+    nonce TEXT NOT NULL,
+    ciphertext TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    created_by TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, route)
+);
+"#,
+    ),
 ];
 
 const AUDIT_MIGRATIONS: &[(i64, &str)] = &[(
@@ -277,6 +293,18 @@ fn session_from(row: &SqliteRow) -> Result<SessionRecord> {
         created_at_ms: row.try_get("created_at")?,
         expires_at_ms: row.try_get("expires_at")?,
         revoked_at_ms: row.try_get("revoked_at")?,
+    })
+}
+
+fn credential_from(row: &SqliteRow) -> Result<UpstreamCredential> {
+    Ok(UpstreamCredential {
+        route: row.try_get("route")?,
+        header_name: row.try_get("header_name")?,
+        nonce_hex: row.try_get("nonce")?,
+        ciphertext_hex: row.try_get("ciphertext")?,
+        created_at_ms: row.try_get("created_at")?,
+        updated_at_ms: row.try_get("updated_at")?,
+        created_by: row.try_get("created_by")?,
     })
 }
 
@@ -632,6 +660,62 @@ impl Store for SqliteStore {
         Self::record_change(&mut tx, ChangeKind::IpRules, tenant.as_str(), now_ms).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn put_upstream_credential(&self, scope: &TenantScope, c: &UpstreamCredential) -> Result<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "INSERT INTO upstream_credentials (tenant_id, route, header_name, nonce, ciphertext, created_at, updated_at, created_by) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id, route) DO UPDATE SET header_name = excluded.header_name, \
+             nonce = excluded.nonce, ciphertext = excluded.ciphertext, updated_at = excluded.updated_at, created_by = excluded.created_by",
+        )
+        .bind(scope.tenant_id().as_str())
+        .bind(&c.route)
+        .bind(&c.header_name)
+        .bind(&c.nonce_hex)
+        .bind(&c.ciphertext_hex)
+        .bind(c.created_at_ms)
+        .bind(c.updated_at_ms)
+        .bind(&c.created_by)
+        .execute(&mut *tx)
+        .await?;
+        let entity = format!("{}{}", scope.tenant_id(), c.route);
+        Self::record_change(&mut tx, ChangeKind::UpstreamCredential, &entity, c.updated_at_ms).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_upstream_credential(&self, scope: &TenantScope, route: &str) -> Result<Option<UpstreamCredential>> {
+        let row = sqlx::query("SELECT * FROM upstream_credentials WHERE tenant_id = ? AND route = ?")
+            .bind(scope.tenant_id().as_str())
+            .bind(route)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(credential_from).transpose()
+    }
+
+    async fn list_upstream_credentials(&self, scope: &TenantScope) -> Result<Vec<UpstreamCredential>> {
+        let rows = sqlx::query("SELECT * FROM upstream_credentials WHERE tenant_id = ? ORDER BY route")
+            .bind(scope.tenant_id().as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(credential_from).collect()
+    }
+
+    async fn delete_upstream_credential(&self, scope: &TenantScope, route: &str, now_ms: i64) -> Result<bool> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let n = sqlx::query("DELETE FROM upstream_credentials WHERE tenant_id = ? AND route = ?")
+            .bind(scope.tenant_id().as_str())
+            .bind(route)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n > 0 {
+            let entity = format!("{}{}", scope.tenant_id(), route);
+            Self::record_change(&mut tx, ChangeKind::UpstreamCredential, &entity, now_ms).await?;
+        }
+        tx.commit().await?;
+        Ok(n > 0)
     }
 
     async fn changes_since(&self, seq: i64, limit: u32) -> Result<Vec<Change>> {

@@ -2,6 +2,7 @@
 //! so an undocumented route cannot exist.
 mod audit;
 mod auth;
+mod credentials;
 mod decide;
 mod health;
 mod keys;
@@ -30,6 +31,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(tenants::resume))
         .routes(routes!(tenants::get_limits, tenants::put_limits))
         .routes(routes!(tenants::get_ip_rules, tenants::put_ip_rules))
+        .routes(routes!(credentials::list, credentials::put, credentials::delete))
         .routes(routes!(decide::authorize))
         .routes(routes!(decide::check))
         .routes(routes!(users::list, users::create))

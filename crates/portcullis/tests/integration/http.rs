@@ -168,6 +168,9 @@ fn openapi_documents_every_route() {
         ("/v1/tenants/{id}/limits", "put"),
         ("/v1/tenants/{id}/ip-rules", "get"),
         ("/v1/tenants/{id}/ip-rules", "put"),
+        ("/v1/upstream-credentials", "get"),
+        ("/v1/upstream-credentials", "put"),
+        ("/v1/upstream-credentials", "delete"),
         ("/v1/authorize", "post"),
         ("/v1/auth/check", "get"),
     ];

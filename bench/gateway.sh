@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# Side-by-side gateway benchmark on this machine, in one run:
+#   upstream      the small upstream itself (nginx answering a 5-byte body)
+#   nginx         nginx as a plain reverse proxy in front of it
+#   nginx+auth    nginx with limit_req and auth_request → Portcullis /v1/auth/check
+#   portcullis    Portcullis proxying with the full chain (API key, RBAC, rate limit high
+#                 enough not to reject, concurrency, quota, durable audit), audit.fsync off
+#   portcullis+fsync   the same with audit.fsync = true
+# The same wrk load runs against each, variants interleaved, ROUNDS rounds, medians reported,
+# with the ratio of each to nginx. Then one connection: added p50 latency over the upstream.
+#
+# Usage: bench/gateway.sh            (ROUNDS=3 DURATION=10s CONNS=64 by default)
+#        ROUNDS=5 DURATION=20s CONNS=128 bench/gateway.sh
+# Needs: wrk, nginx (Debian packages; installed if missing and running as root), cargo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-64}
+THREADS=${THREADS:-2}
+
+for tool in wrk nginx; do
+  if ! command -v "$tool" >/dev/null && ! [ -x "/usr/sbin/$tool" ]; then
+    if [ "$(id -u)" -eq 0 ]; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$tool" >/dev/null
+    else
+      echo "error: $tool is missing (apt-get install $tool)" >&2; exit 1
+    fi
+  fi
+done
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+echo "building portcullis (release)…" >&2
+cargo build --release -q -p portcullis
+BIN=$PWD/target/release/portcullis
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+wait_port() { for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 did not open" >&2; exit 1; }
+
+UP=$(free_port); NG=$(free_port); NGA=$(free_port); PC=$(free_port); PCF=$(free_port)
+
+# --- Portcullis, fsync off and on -----------------------------------------------------------
+start_portcullis() { # name port fsync
+  local dir=$WORK/$1
+  mkdir -p "$dir"
+  cat > "$dir/portcullis.toml" <<TOML
+listen = "127.0.0.1:$2"
+data_dir = "$dir/data"
+[log]
+level = "warn"
+[audit]
+fsync = $3
+[limits]
+principal_per_minute = 100000000
+[[routes]]
+prefix = "/up"
+upstream = "http://127.0.0.1:$UP"
+action = "conversation.send"
+TOML
+  "$BIN" --config "$dir/portcullis.toml" serve > "$dir/stdout" 2> "$dir/stderr" &
+  PIDS+=($!)
+  wait_port "$2"
+  local tenant key
+  tenant=$("$BIN" --config "$dir/portcullis.toml" --json tenant create bench --tier enterprise | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+  "$BIN" --config "$dir/portcullis.toml" tenant limits "$tenant" --rate-per-minute 100000000 --requests-per-day 100000000000 --concurrency 100000 > /dev/null
+  key=$("$BIN" --config "$dir/portcullis.toml" key create --tenant "$tenant" --role service --name bench)
+  echo "$key" > "$dir/key"
+}
+start_portcullis pc "$PC" false
+start_portcullis pcf "$PCF" true
+KEY=$(cat "$WORK/pc/key"); KEYF=$(cat "$WORK/pcf/key")
+sleep 1.5   # let the change feed carry the raised limits
+
+# --- nginx: upstream, plain proxy, proxy with limit_req + auth_request ----------------------
+cat > "$WORK/nginx.conf" <<NGINX
+worker_processes auto;
+error_log $WORK/nginx-error.log warn;
+pid $WORK/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/body; proxy_temp_path $WORK/proxy; fastcgi_temp_path $WORK/fcgi;
+  uwsgi_temp_path $WORK/uwsgi; scgi_temp_path $WORK/scgi;
+  upstream up { server 127.0.0.1:$UP; keepalive 256; }
+  upstream portcullis { server 127.0.0.1:$PC; keepalive 256; }
+  limit_req_zone \$binary_remote_addr zone=bench:10m rate=1000000r/s;
+  server { listen 127.0.0.1:$UP; location / { default_type text/plain; return 200 "hello"; } }
+  server {
+    listen 127.0.0.1:$NG;
+    location / { proxy_http_version 1.1; proxy_set_header Connection ""; proxy_pass http://up; }
+  }
+  server {
+    listen 127.0.0.1:$NGA;
+    location / {
+      limit_req zone=bench burst=1000000 nodelay;
+      auth_request /_check;
+      proxy_http_version 1.1; proxy_set_header Connection ""; proxy_pass http://up;
+    }
+    location = /_check {
+      internal;
+      proxy_pass http://portcullis/v1/auth/check;
+      proxy_pass_request_body off; proxy_set_header Content-Length "";
+      proxy_set_header X-Original-URI \$request_uri; proxy_set_header X-Original-Method \$request_method;
+      proxy_http_version 1.1; proxy_set_header Connection "";
+    }
+  }
+}
+NGINX
+"$NGINX" -c "$WORK/nginx.conf" -p "$WORK" -g 'daemon off;' 2>>"$WORK/nginx-error.log" &
+PIDS+=($!)
+wait_port "$UP"; wait_port "$NG"; wait_port "$NGA"
+
+# Sanity: every variant answers 200 before measuring.
+for url in "http://127.0.0.1:$UP/" "http://127.0.0.1:$NG/" ; do
+  [ "$(curl -s -o /dev/null -w '%{http_code}' "$url")" = 200 ] || { echo "sanity check failed: $url" >&2; exit 1; }
+done
+[ "$(curl -s -o /dev/null -w '%{http_code}' -H "x-api-key: $KEY" "http://127.0.0.1:$NGA/")" = 200 ] || { echo "nginx+auth sanity check failed" >&2; exit 1; }
+[ "$(curl -s -o /dev/null -w '%{http_code}' -H "x-api-key: $KEY" "http://127.0.0.1:$PC/up/")" = 200 ] || { echo "portcullis sanity check failed" >&2; cat "$WORK/pc/stderr" >&2; exit 1; }
+[ "$(curl -s -o /dev/null -w '%{http_code}' -H "x-api-key: $KEYF" "http://127.0.0.1:$PCF/up/")" = 200 ] || { echo "portcullis+fsync sanity check failed" >&2; exit 1; }
+
+# --- measure --------------------------------------------------------------------------------
+to_ms() { # wrk latency text (e.g. 812.00us, 1.20ms, 1.01s) → milliseconds
+  python3 -c 'import re,sys; v=sys.argv[1]; m=re.match(r"([0-9.]+)(us|ms|s)$", v); f={"us":0.001,"ms":1,"s":1000}; print(float(m.group(1))*f[m.group(2)] if m else "nan")' "$1"
+}
+run() { # variant conns duration url [header]
+  local out
+  if [ -n "${5:-}" ]; then
+    out=$(wrk -t"$THREADS" -c"$2" -d"$3" --latency -H "$5" "$4" 2>&1)
+  else
+    out=$(wrk -t"$THREADS" -c"$2" -d"$3" --latency "$4" 2>&1)
+  fi
+  local rps p50 p99 errors
+  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")")
+  p99=$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")
+  errors=$(awk '/Non-2xx or 3xx responses/ {print $5}' <<<"$out")
+  echo "$1 $rps $p50 $p99 ${errors:-0}" >> "$WORK/results"
+}
+
+VARIANTS=(upstream nginx nginx+auth portcullis portcullis+fsync)
+url_of() { case $1 in
+  upstream) echo "http://127.0.0.1:$UP/";; nginx) echo "http://127.0.0.1:$NG/";;
+  nginx+auth) echo "http://127.0.0.1:$NGA/";; portcullis) echo "http://127.0.0.1:$PC/up/";;
+  portcullis+fsync) echo "http://127.0.0.1:$PCF/up/";; esac; }
+hdr_of() { case $1 in nginx+auth|portcullis) echo "x-api-key: $KEY";; portcullis+fsync) echo "x-api-key: $KEYF";; *) echo "";; esac; }
+
+echo "load: wrk -t$THREADS -c$CONNS -d$DURATION, $ROUNDS rounds, variants interleaved" >&2
+for r in $(seq 1 "$ROUNDS"); do
+  for v in "${VARIANTS[@]}"; do
+    echo "  round $r: $v" >&2
+    run "$v" "$CONNS" "$DURATION" "$(url_of "$v")" "$(hdr_of "$v")"
+  done
+done
+
+# One connection: what Portcullis adds to the upstream's latency.
+: > "$WORK/c1"
+for r in $(seq 1 "$ROUNDS"); do
+  for v in upstream portcullis; do
+    if [ "$v" = portcullis ]; then
+      out=$(wrk -t1 -c1 -d5s --latency -H "x-api-key: $KEY" "$(url_of "$v")" 2>&1)
+    else
+      out=$(wrk -t1 -c1 -d5s --latency "$(url_of "$v")" 2>&1)
+    fi
+    echo "$v $(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")")" >> "$WORK/c1"
+  done
+done
+
+python3 - "$WORK/results" "$WORK/c1" "$CONNS" "$DURATION" "$ROUNDS" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+by = {}
+for v, rps, p50, p99, errs in rows:
+    by.setdefault(v, []).append((float(rps), float(p50), float(p99), int(errs or 0)))
+med = {v: (statistics.median(x[0] for x in xs), statistics.median(x[1] for x in xs),
+           statistics.median(x[2] for x in xs), sum(x[3] for x in xs)) for v, xs in by.items()}
+base = med["nginx"][0]
+print(f"\nGateway benchmark — wrk {sys.argv[3]} connections × {sys.argv[4]}, median of {sys.argv[5]} rounds")
+print(f"{'variant':<18}{'req/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'× nginx':>10}{'non-2xx':>10}")
+for v in ["upstream", "nginx", "nginx+auth", "portcullis", "portcullis+fsync"]:
+    if v in med:
+        rps, p50, p99, errs = med[v]
+        print(f"{v:<18}{rps:>12.0f}{p50:>10.3f}{p99:>10.3f}{rps/base:>10.2f}{errs:>10}")
+c1 = {}
+for l in open(sys.argv[2]):
+    v, ms = l.split()
+    c1.setdefault(v, []).append(float(ms))
+if "upstream" in c1 and "portcullis" in c1:
+    up, pc = statistics.median(c1["upstream"]), statistics.median(c1["portcullis"])
+    print(f"\none connection: upstream p50 {up:.3f} ms, through portcullis {pc:.3f} ms, added {pc-up:.3f} ms")
+PY
