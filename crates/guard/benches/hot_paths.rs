@@ -53,6 +53,7 @@ fn env(fsync: bool) -> Env {
         .unwrap();
         let guard = Guard::new(
             GuardConfig {
+                credential_throttle: portcullis_guard::CredentialThrottle::default(),
                 master_key: portcullis_guard::sealed::MasterKey::new([5u8; 32]),
                 limiter: Arc::new(portcullis_limiter::local::LocalLimiter::new()),
                 limits: portcullis_guard::LimitsConfig::default(),

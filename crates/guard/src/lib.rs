@@ -112,7 +112,29 @@ pub struct Grant {
     pub permission: Permission,
 }
 
+/// Failed credentials (API keys, session tokens, JWTs) allowed per client IP and per API-key
+/// prefix within `policy.window` before further attempts from there are refused with 429.
+#[derive(Clone, Debug)]
+pub struct CredentialThrottle {
+    pub policy: LoginPolicy,
+}
+
+impl Default for CredentialThrottle {
+    fn default() -> Self {
+        Self {
+            policy: LoginPolicy {
+                max_failures_per_account: 100,
+                max_failures_per_ip: 600,
+                window: Duration::from_secs(60),
+                base_backoff: Duration::from_secs(30),
+                max_backoff: Duration::from_secs(15 * 60),
+            },
+        }
+    }
+}
+
 pub struct GuardConfig {
+    pub credential_throttle: CredentialThrottle,
     pub master_key: sealed::MasterKey,
     pub limiter: Arc<dyn Limiter>,
     pub limits: LimitsConfig,
@@ -143,6 +165,9 @@ impl Default for LimitsConfig {
 }
 
 pub struct Guard {
+    /// Failed credentials per `ip:` and per `prefix:` (API-key prefix); thresholds from
+    /// `max_failures_per_ip` and `max_failures_per_account` of its policy.
+    failed: login::Throttle,
     master_key: sealed::MasterKey,
     limiter: Arc<dyn Limiter>,
     limits: LimitsConfig,
@@ -177,6 +202,7 @@ impl Guard {
         };
         let seq = store.latest_change_seq().await.map_err(|e| e.to_string())?;
         Ok(Arc::new(Guard {
+            failed: login::Throttle::new(cfg.credential_throttle.policy),
             master_key: cfg.master_key,
             limiter: cfg.limiter,
             limits: cfg.limits,
@@ -335,6 +361,23 @@ impl Guard {
             Credential::Session(_) => ("session", None),
             Credential::Jwt(_) => ("jwt", None),
         };
+        // Guessing is limited per client IP and per key prefix: once either has failed too often
+        // in the window, every credential from there waits (valid ones too, until the lock ends).
+        let now = self.now_ms();
+        let ip_key = format!("ip:{}", meta.ip.as_deref().unwrap_or("unknown"));
+        let prefix_key = hint.as_ref().map(|p| format!("prefix:{p}"));
+        let locked = self
+            .failed
+            .retry_after(&ip_key, now)
+            .max(prefix_key.as_deref().and_then(|k| self.failed.retry_after(k, now)));
+        if let Some(retry_after_secs) = locked {
+            let mut e = self.event(meta, "auth.throttled", AuditResult::Denied);
+            e.reason = Some(String::from("too_many_failed_credentials"));
+            e.metadata =
+                serde_json::json!({ "credential": kind, "key_prefix": hint, "retry_after_secs": retry_after_secs });
+            self.record(e).await?;
+            return Err(GuardError::Throttled { retry_after_secs });
+        }
         let outcome = match &credential {
             Credential::ApiKey(k) => self.verify_key(k).await,
             Credential::Session(t) => self.verify_session(t).await,
@@ -353,6 +396,20 @@ impl Guard {
             }
             Err(AuthFailure::Invalid(reason)) => {
                 metrics::counter!("portcullis_auth_failures_total", "reason" => reason).increment(1);
+                let policy = self.failed.policy();
+                let ip_locked = self.failed.fail(ip_key, policy.max_failures_per_ip, now);
+                let prefix_locked =
+                    prefix_key.is_some_and(|k| self.failed.fail(k, policy.max_failures_per_account, now));
+                if ip_locked || prefix_locked {
+                    let mut alert = self.event(meta, "security_alert", AuditResult::Denied);
+                    alert.reason = Some(String::from(if ip_locked {
+                        "repeated_credential_failures_from_ip"
+                    } else {
+                        "repeated_credential_failures_for_key_prefix"
+                    }));
+                    alert.metadata = serde_json::json!({ "credential": kind, "key_prefix": hint });
+                    self.record(alert).await?;
+                }
                 let mut e = self.event(meta, "auth.failure", AuditResult::Failure);
                 e.reason = Some(String::from(reason));
                 e.metadata = serde_json::json!({ "credential": kind, "key_prefix": hint });

@@ -50,13 +50,17 @@ impl Throttle {
         Self { policy, state: DashMap::new() }
     }
 
-    fn retry_after(&self, key: &str, now: i64) -> Option<u64> {
+    pub(crate) fn policy(&self) -> &LoginPolicy {
+        &self.policy
+    }
+
+    pub(crate) fn retry_after(&self, key: &str, now: i64) -> Option<u64> {
         let a = self.state.get(key)?;
         (a.locked_until_ms > now).then(|| u64::try_from((a.locked_until_ms - now + 999) / 1000).unwrap_or(1))
     }
 
     /// Counts a failure; returns true when this failure locked the key.
-    fn fail(&self, key: String, threshold: u32, now: i64) -> bool {
+    pub(crate) fn fail(&self, key: String, threshold: u32, now: i64) -> bool {
         let mut a = self.state.entry(key).or_default();
         if now - a.first_ms > ms(self.policy.window) {
             *a = Attempts { failures: 0, first_ms: now, locked_until_ms: 0 };

@@ -20,8 +20,79 @@ use std::time::Duration;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
+/// Cross-origin access for browsers. Absent = no CORS headers at all (same-origin only).
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsSettings {
+    /// Exact origins, e.g. `https://app.example.com`; `*` only without credentials.
+    pub allowed_origins: Vec<String>,
+    pub allowed_methods: Vec<String>,
+    pub allowed_headers: Vec<String>,
+    pub allow_credentials: bool,
+    pub max_age_secs: u64,
+}
+
+impl CorsSettings {
+    pub fn layer(&self) -> Result<Option<tower_http::cors::CorsLayer>, String> {
+        use axum::http::{HeaderName, HeaderValue, Method};
+        use tower_http::cors::{AllowOrigin, CorsLayer};
+        if self.allowed_origins.is_empty() {
+            return Ok(None);
+        }
+        let any = self.allowed_origins.iter().any(|o| o == "*");
+        if any && self.allow_credentials {
+            return Err(String::from("http.cors: `*` origins cannot be combined with allow_credentials"));
+        }
+        let origin = if any {
+            AllowOrigin::any()
+        } else {
+            let list = self
+                .allowed_origins
+                .iter()
+                .map(|o| HeaderValue::from_str(o).map_err(|_| format!("http.cors: bad origin `{o}`")))
+                .collect::<Result<Vec<_>, _>>()?;
+            AllowOrigin::list(list)
+        };
+        let methods = if self.allowed_methods.is_empty() {
+            vec![Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE]
+        } else {
+            self.allowed_methods
+                .iter()
+                .map(|m| Method::from_bytes(m.as_bytes()).map_err(|_| format!("http.cors: bad method `{m}`")))
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let headers = if self.allowed_headers.is_empty() {
+            ["authorization", "content-type", "x-api-key", "x-request-id", "x-tenant-id"]
+                .iter()
+                .map(|h| HeaderName::from_static(h))
+                .collect()
+        } else {
+            self.allowed_headers
+                .iter()
+                .map(|h| HeaderName::from_bytes(h.as_bytes()).map_err(|_| format!("http.cors: bad header `{h}`")))
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        Ok(Some(
+            CorsLayer::new()
+                .allow_origin(origin)
+                .allow_methods(methods)
+                .allow_headers(headers)
+                .allow_credentials(self.allow_credentials)
+                .expose_headers([
+                    HeaderName::from_static("x-request-id"),
+                    HeaderName::from_static("x-ratelimit-limit"),
+                    HeaderName::from_static("x-ratelimit-remaining"),
+                    HeaderName::from_static("x-ratelimit-reset"),
+                    HeaderName::from_static("retry-after"),
+                ])
+                .max_age(Duration::from_secs(if self.max_age_secs == 0 { 600 } else { self.max_age_secs })),
+        ))
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct HttpSettings {
+    pub cors: Option<tower_http::cors::CorsLayer>,
     /// Global IP allow/block lists, checked on every request before anything else.
     pub global_ip: portcullis_core::iplist::IpPolicy,
     /// Peers whose `X-Forwarded-For` is believed.
@@ -36,6 +107,7 @@ pub struct HttpSettings {
 impl Default for HttpSettings {
     fn default() -> Self {
         Self {
+            cors: None,
             global_ip: Default::default(),
             trusted_proxies: Default::default(),
             max_body_bytes: 1024 * 1024,
@@ -114,5 +186,7 @@ pub fn app(guard: Arc<Guard>, audit: Arc<dyn AuditStore>, settings: HttpSettings
             settings.request_timeout,
         ))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(settings.max_body_bytes))
+        // CORS answers preflights before authentication (browsers send them without credentials).
+        .layer(tower::util::option_layer(settings.cors.clone()))
         .layer(axum::middleware::from_fn_with_state(state, middleware::edge))
 }

@@ -97,7 +97,25 @@ pub struct AuthSection {
     pub cache_refresh_ms: u64,
     pub key_rotation_grace_secs: u64,
     pub login: LoginSection,
+    pub failed_credentials: FailedCredentialsSection,
     pub jwt: Option<portcullis_guard::JwtConfig>,
+}
+
+/// Failed API keys / tokens tolerated per client IP and per API-key prefix within `window_secs`;
+/// past that, that IP or prefix gets 429 for `backoff_secs` (doubling while it keeps failing).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailedCredentialsSection {
+    pub max_per_ip: u32,
+    pub max_per_key_prefix: u32,
+    pub window_secs: u64,
+    pub backoff_secs: u64,
+}
+
+impl Default for FailedCredentialsSection {
+    fn default() -> Self {
+        Self { max_per_ip: 600, max_per_key_prefix: 100, window_secs: 60, backoff_secs: 30 }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -113,6 +131,7 @@ pub struct LoginSection {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpSection {
+    pub cors: portcullis_http::CorsSettings,
     pub max_body_bytes: usize,
     pub request_timeout_secs: u64,
     pub header_read_timeout_secs: u64,
@@ -165,6 +184,7 @@ impl Default for AuthSection {
             cache_refresh_ms: 1000,
             key_rotation_grace_secs: 3600,
             login: LoginSection::default(),
+            failed_credentials: FailedCredentialsSection::default(),
             jwt: None,
         }
     }
@@ -186,6 +206,7 @@ impl Default for LoginSection {
 impl Default for HttpSection {
     fn default() -> Self {
         Self {
+            cors: Default::default(),
             max_body_bytes: 1024 * 1024,
             request_timeout_secs: 30,
             header_read_timeout_secs: 10,
@@ -247,6 +268,7 @@ pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
         portcullis_core::iplist::parse_net(p)
             .map_err(|e| anyhow::anyhow!("invalid configuration: ip.trusted_proxies: {e}"))?;
     }
+    cfg.http.cors.layer().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     for r in &cfg.routes {
         r.validate().map_err(|e| anyhow::anyhow!("invalid configuration: [[routes]] `{}`: {e}", r.prefix))?;
     }

@@ -3,7 +3,7 @@ use crate::config::Config;
 use anyhow::{Context, bail};
 use portcullis_audit::{AuditConfig, AuditLog};
 use portcullis_core::Tier;
-use portcullis_guard::{Guard, GuardConfig, JwtConfig, LimitsConfig, LoginPolicy, SystemClock};
+use portcullis_guard::{CredentialThrottle, Guard, GuardConfig, JwtConfig, LimitsConfig, LoginPolicy, SystemClock};
 use portcullis_store::sqlite::{SqliteAuditStore, SqliteStore};
 use portcullis_store::{AuditStore, Store};
 use std::io::Write;
@@ -126,6 +126,15 @@ pub async fn open(cfg: Config, writer_id: String) -> anyhow::Result<Opened> {
     let login = &cfg.auth.login;
     let guard = Guard::new(
         GuardConfig {
+            credential_throttle: CredentialThrottle {
+                policy: LoginPolicy {
+                    max_failures_per_account: cfg.auth.failed_credentials.max_per_key_prefix,
+                    max_failures_per_ip: cfg.auth.failed_credentials.max_per_ip,
+                    window: Duration::from_secs(cfg.auth.failed_credentials.window_secs),
+                    base_backoff: Duration::from_secs(cfg.auth.failed_credentials.backoff_secs),
+                    max_backoff: Duration::from_secs(cfg.auth.failed_credentials.backoff_secs.saturating_mul(30)),
+                },
+            },
             master_key: portcullis_guard::sealed::MasterKey::new(master_key),
             limiter: Arc::new(portcullis_limiter::local::LocalLimiter::new()),
             limits: LimitsConfig {

@@ -85,6 +85,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         guard.clone(),
         opened.audit_reader,
         HttpSettings {
+            cors: cfg.http.cors.layer().map_err(anyhow::Error::msg)?,
             global_ip: IpPolicy::compile(&IpRules { allow: cfg.ip.allow.clone(), block: cfg.ip.block.clone() })
                 .map_err(|e| anyhow::anyhow!("[ip]: {e}"))?,
             trusted_proxies: IpSet::new(
