@@ -176,15 +176,17 @@ pub fn app(guard: Arc<Guard>, audit: Arc<dyn AuditStore>, settings: HttpSettings
     // Anything that is not an API route is matched against the configured proxy routes.
     api.route("/openapi.json", axum::routing::get(routes::openapi_json))
         .route("/metrics", axum::routing::get(routes::metrics))
-        .fallback(proxy::proxy)
-        .with_state(state.clone())
-        // Time limit for the whole handler (408), then the body-size limit (413) that also holds
-        // for bodies streamed without Content-Length, then the edge layer that stamps request id,
-        // security headers and problem bodies on everything below it.
+        // Time limit for API handlers (408). Added before the fallback on purpose: proxied
+        // requests have their route's own timeouts and may stream for long.
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             settings.request_timeout,
         ))
+        .fallback(proxy::proxy)
+        .with_state(state.clone())
+        // Then the body-size limit (413) that also holds for bodies streamed without
+        // Content-Length, then the edge layer that stamps request id, security headers and
+        // problem bodies on everything below it.
         .layer(tower_http::limit::RequestBodyLimitLayer::new(settings.max_body_bytes))
         // CORS answers preflights before authentication (browsers send them without credentials).
         .layer(tower::util::option_layer(settings.cors.clone()))

@@ -197,6 +197,11 @@ fn strip_request_headers(h: &mut HeaderMap) {
         h.remove(name);
     }
     h.remove("keep-alive");
+    // `Proxy-*` headers are meant for the proxy (us), including the legacy `Proxy-Connection`.
+    let proxy_headers: Vec<HeaderName> = h.keys().filter(|k| k.as_str().starts_with("proxy-")).cloned().collect();
+    for name in proxy_headers {
+        h.remove(name);
+    }
     h.remove("x-api-key");
     h.remove("x-tenant-id");
     // Identity headers are ours to set: a caller must not be able to forge them.
