@@ -132,7 +132,11 @@ mod tests {
         for p in Permission::ALL {
             let is_read = matches!(
                 p,
-                Permission::TenantRead | Permission::UsersRead | Permission::KeysRead | Permission::AuditRead
+                Permission::TenantRead
+                    | Permission::UsersRead
+                    | Permission::KeysRead
+                    | Permission::AuditRead
+                    | Permission::ConfigRead
             );
             let own = p == Permission::Session;
             assert_eq!(p.granted_to(Role::Viewer), is_read || own, "{p:?}");

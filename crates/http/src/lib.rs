@@ -125,7 +125,6 @@ pub struct AppState {
     pub settings: Arc<HttpSettings>,
     pub openapi_json: Arc<String>,
     pub routes: Arc<proxy::RouteTable>,
-    pub client: proxy::UpstreamClient,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     pub tenant_labels: Arc<metrics::TenantLabels>,
 }
@@ -169,7 +168,6 @@ pub fn app(guard: Arc<Guard>, audit: Arc<dyn AuditStore>, settings: HttpSettings
         settings: Arc::new(settings.clone()),
         openapi_json,
         routes: Arc::new(routes),
-        client: proxy::client(),
         metrics: metrics::install(),
         tenant_labels: Arc::new(metrics::TenantLabels::default()),
     };

@@ -101,6 +101,8 @@ pub struct Route {
     pub cfg: RouteConfig,
     authority: String,
     base_path: String,
+    /// Keep-alive pool to this route's upstream, with the route's connect timeout.
+    client: UpstreamClient,
 }
 
 /// Routes by longest prefix first.
@@ -117,7 +119,8 @@ impl RouteTable {
             let uri: Uri = c.upstream.parse().map_err(|_| format!("upstream `{}` is not a URL", c.upstream))?;
             let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
             let base_path = uri.path().trim_end_matches('/').to_owned();
-            routes.push(Arc::new(Route { cfg: c.clone(), authority, base_path }));
+            let client = client(Duration::from_secs(c.connect_timeout_secs));
+            routes.push(Arc::new(Route { cfg: c.clone(), authority, base_path, client }));
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.cfg.prefix.len()));
         Ok(Self { routes })
@@ -154,10 +157,10 @@ impl Route {
 
 pub type UpstreamClient = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
 
-pub fn client() -> UpstreamClient {
+pub fn client(connect_timeout: Duration) -> UpstreamClient {
     let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
     connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    connector.set_connect_timeout(Some(connect_timeout));
     connector.set_keepalive(Some(Duration::from_secs(60)));
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
@@ -345,14 +348,20 @@ async fn forward(app: AppState, req: Request) -> Result<Response, ApiError> {
     parts.version = axum::http::Version::HTTP_11;
     let upstream_req = axum::http::Request::from_parts(parts, body);
     let timeout = Duration::from_secs(route.cfg.timeout_secs);
-    let res = match tokio::time::timeout(timeout, app.client.request(upstream_req)).await {
-        Err(_) => return Err(ApiError::UpstreamTimeout),
+    let failed = |e: ApiError| {
+        // The request used its rate; say so on the gateway's own error too.
+        let mut r = e.into_response();
+        rate_headers(r.headers_mut(), &admission.rate);
+        Ok(r)
+    };
+    let res = match tokio::time::timeout(timeout, route.client.request(upstream_req)).await {
+        Err(_) => return failed(ApiError::UpstreamTimeout),
         Ok(Err(e)) => {
             if body_too_large(&e) {
-                return Err(ApiError::PayloadTooLarge);
+                return failed(ApiError::PayloadTooLarge);
             }
             tracing::warn!(error = %e, route = %route.cfg.prefix, "upstream request failed");
-            return Err(ApiError::BadGateway);
+            return failed(ApiError::BadGateway);
         }
         Ok(Ok(r)) => r,
     };

@@ -134,8 +134,9 @@ pub async fn get_limits(a: Authed<perm::TenantRead>, Path(id): Path<String>) -> 
     Ok(Json(limits_view(&a, &t).await?))
 }
 
-/// Overrides a tenant's rate, daily quota and concurrency (operators). Running servers apply it
-/// within `auth.cache_refresh_ms`.
+/// Sets a tenant's rate, daily quota and concurrency overrides (operators). PUT replaces the
+/// whole set: a field left out follows the tier default again (the CLI's `tenant limits` changes
+/// only the flags given). Running servers apply it within `auth.cache_refresh_ms`.
 #[utoipa::path(put, path = "/v1/tenants/{id}/limits", tag = "tenants", params(("id" = String, Path)), request_body = Object,
     security(("bearer" = [])),
     responses((status = 200, body = LimitsResponse), (status = 400, body = ProblemDoc), (status = 404, body = ProblemDoc)))]
