@@ -56,7 +56,7 @@ level = "warn"
 [audit]
 fsync = $3
 [limits]
-principal_per_minute = 100000000
+principal_per_minute = 10000000
 [[routes]]
 prefix = "/up"
 upstream = "http://127.0.0.1:$UP"
@@ -67,7 +67,7 @@ TOML
   wait_port "$2"
   local tenant key
   tenant=$("$BIN" --config "$dir/portcullis.toml" --json tenant create bench --tier enterprise | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-  "$BIN" --config "$dir/portcullis.toml" tenant limits "$tenant" --rate-per-minute 100000000 --requests-per-day 100000000000 --concurrency 100000 > /dev/null
+  "$BIN" --config "$dir/portcullis.toml" tenant limits "$tenant" --rate-per-minute 10000000 --requests-per-day 100000000000 --concurrency 100000 > /dev/null
   key=$("$BIN" --config "$dir/portcullis.toml" key create --tenant "$tenant" --role service --name bench)
   echo "$key" > "$dir/key"
 }

@@ -118,7 +118,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         max_header_bytes: cfg.http.max_header_bytes,
         ..ServeSettings::default()
     };
-    portcullis_http::server::serve(listener, app, settings, shutdown_signal()).await?;
+    // The accept loop runs on a worker like everything else, not on the thread that blocks in
+    // `main`: waking that thread for every accepted connection costs a futex round trip each.
+    tokio::spawn(portcullis_http::server::serve(listener, app, settings, shutdown_signal()))
+        .await
+        .map_err(|e| anyhow::anyhow!("server task failed: {e}"))??;
     guard.flush_usage().await;
     // The final signed checkpoint must be written before the process exits.
     guard.audit_log().shutdown().await;

@@ -789,32 +789,37 @@ fn record_from(row: &SqliteRow) -> Result<(i64, AuditRecord)> {
     ))
 }
 
+/// Rows per INSERT statement: 17 bound values each stays well under SQLite's variable limit.
+const INSERT_CHUNK: usize = 500;
+
 async fn insert_records(conn: &mut sqlx::SqliteConnection, records: &[AuditRecord]) -> Result<()> {
-    for r in records {
-        let ts_ms = portcullis_core::timefmt::parse_rfc3339_ms(&r.timestamp).unwrap_or(0);
-        sqlx::query(
-            "INSERT INTO audit_events (writer_id, seq, prev_hash, hash, ts_ms, timestamp, tenant_id, user_id, action, resource_type, resource_id, result, reason, metadata, ip_address, user_agent, request_id) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&r.writer_id)
-        .bind(i64::try_from(r.seq).unwrap_or(i64::MAX))
-        .bind(&r.prev_hash)
-        .bind(&r.hash)
-        .bind(ts_ms)
-        .bind(&r.timestamp)
-        .bind(&r.tenant_id)
-        .bind(&r.user_id)
-        .bind(&r.action)
-        .bind(&r.resource_type)
-        .bind(&r.resource_id)
-        .bind(r.result.as_str())
-        .bind(&r.reason)
-        .bind(metadata_text(&r.metadata))
-        .bind(&r.ip_address)
-        .bind(&r.user_agent)
-        .bind(&r.request_id)
-        .execute(&mut *conn)
-        .await?;
+    // One multi-row statement per chunk: a group-committed batch costs a few statements, not one
+    // round trip to the SQLite worker per event.
+    for chunk in records.chunks(INSERT_CHUNK) {
+        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO audit_events (writer_id, seq, prev_hash, hash, ts_ms, timestamp, tenant_id, user_id, action, resource_type, resource_id, result, reason, metadata, ip_address, user_agent, request_id) ",
+        );
+        qb.push_values(chunk, |mut b, r| {
+            let ts_ms = portcullis_core::timefmt::parse_rfc3339_ms(&r.timestamp).unwrap_or(0);
+            b.push_bind(r.writer_id.clone())
+                .push_bind(i64::try_from(r.seq).unwrap_or(i64::MAX))
+                .push_bind(r.prev_hash.clone())
+                .push_bind(r.hash.clone())
+                .push_bind(ts_ms)
+                .push_bind(r.timestamp.clone())
+                .push_bind(r.tenant_id.clone())
+                .push_bind(r.user_id.clone())
+                .push_bind(r.action.clone())
+                .push_bind(r.resource_type.clone())
+                .push_bind(r.resource_id.clone())
+                .push_bind(r.result.as_str())
+                .push_bind(r.reason.clone())
+                .push_bind(metadata_text(&r.metadata))
+                .push_bind(r.ip_address.clone())
+                .push_bind(r.user_agent.clone())
+                .push_bind(r.request_id.clone());
+        });
+        qb.build().execute(&mut *conn).await?;
     }
     if let Some(last) = records.last() {
         sqlx::query(
