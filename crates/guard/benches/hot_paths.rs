@@ -139,3 +139,66 @@ fn audit_append_burst_256(b: Bencher, fsync: bool) {
         })
     });
 }
+
+/// The Guard's whole decision for a proxied request of a cached key: authenticate, tenant guard
+/// (status, IP lists), permission, then rate + concurrency + quota (no audit: measured above).
+#[divan::bench]
+fn guard_decision_cached_key(b: Bencher) {
+    let e = env(false);
+    let meta = RequestMeta { request_id: String::from("r"), ip: Some(String::from("192.0.2.10")), user_agent: None };
+    let cred = Credential::classify(&e.key);
+    let run = || {
+        e.rt.block_on(async {
+            let g = e.guard.check(Some(cred.clone()), None, Permission::Execute, &meta).await.unwrap();
+            e.guard.admit(&g.principal, "/up", None, true).await.unwrap().is_ok()
+        })
+    };
+    assert!(run());
+    b.bench(run);
+}
+
+/// One limiter decision (tenant, principal and route rate, concurrency slot, quota), in process.
+#[divan::bench]
+fn limiter_admit(b: Bencher) {
+    use portcullis_limiter::{LimitRequest, Limiter, Limits};
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let lim = portcullis_limiter::local::LocalLimiter::new();
+    let limits = Limits {
+        tenant_per_minute: 100_000_000,
+        principal_per_minute: 100_000_000,
+        route_per_minute: Some(100_000_000),
+        global_per_second: None,
+        concurrency: 1_000,
+        requests_per_day: u64::MAX,
+    };
+    b.bench(|| {
+        let req = LimitRequest {
+            tenant: "01900000-0000-7000-8000-000000000000",
+            principal: "key:01900000-0000-7000-8000-000000000001",
+            route: "/up",
+            limits: &limits,
+            hold_slot: true,
+            now_ms: 1_764_000_000_000,
+        };
+        rt.block_on(lim.admit(&req)).is_ok()
+    });
+}
+
+/// CIDR lookup in a set of `n` networks (v4 and v6 mixed): one binary search.
+#[divan::bench(args = [10, 1_000, 10_000])]
+fn cidr_lookup(b: Bencher, n: u32) {
+    use portcullis_core::iplist::{IpSet, parse_net};
+    let nets: Vec<_> = (0..n)
+        .map(|i| {
+            if i % 2 == 0 {
+                parse_net(&format!("10.{}.{}.0/24", (i >> 8) & 255, i & 255)).unwrap()
+            } else {
+                parse_net(&format!("2001:db8:{:x}::/48", i)).unwrap()
+            }
+        })
+        .collect();
+    let set = IpSet::new(&nets);
+    let probes: Vec<std::net::IpAddr> =
+        ["10.0.3.7", "192.0.2.1", "2001:db8:7::1", "2001:db9::1"].iter().map(|s| s.parse().unwrap()).collect();
+    b.bench(|| probes.iter().filter(|ip| set.contains(**ip)).count());
+}
