@@ -18,6 +18,7 @@ use portcullis_core::Permission;
 use portcullis_core::audit::AuditResult;
 use portcullis_limiter::{RateInfo, Slot};
 use serde::{Deserialize, Serialize};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -42,6 +43,9 @@ fn default_timeout() -> u64 {
 fn default_connect_timeout() -> u64 {
     5
 }
+fn default_idle_timeout() -> u64 {
+    300
+}
 
 /// One `[[routes]]` entry of the configuration.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -63,6 +67,10 @@ pub struct RouteConfig {
     pub timeout_secs: u64,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_secs: u64,
+    /// A streamed response body that sends nothing for this long is ended (and its concurrency
+    /// slot given back), e.g. an SSE upstream that went silent.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
     /// Per-tenant requests per minute on this route, on top of the tenant's own limit.
     pub rate_per_minute: Option<u32>,
 }
@@ -90,8 +98,8 @@ impl RouteConfig {
         {
             return Err(format!("action `{}` must be lowercase letters, digits, `.`, `_`, `-`", self.action));
         }
-        if self.rate_per_minute == Some(0) || self.timeout_secs == 0 {
-            return Err(String::from("rate_per_minute and timeout_secs must be positive"));
+        if self.rate_per_minute == Some(0) || self.timeout_secs == 0 || self.idle_timeout_secs == 0 {
+            return Err(String::from("rate_per_minute, timeout_secs and idle_timeout_secs must be positive"));
         }
         Ok(())
     }
@@ -242,22 +250,42 @@ pub fn rate_headers(h: &mut HeaderMap, r: &RateInfo) {
     put("x-ratelimit-reset", r.reset_secs);
 }
 
-/// The upstream's body, holding the tenant's concurrency slot until it ends or is dropped.
+/// The upstream's body, holding the tenant's concurrency slot until it ends, fails, is dropped
+/// (client gone), or stays silent for the route's idle timeout.
 struct SlotBody {
     inner: hyper::body::Incoming,
+    idle: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
     _slot: Option<Slot>,
     _in_flight: Option<InFlight>,
 }
 
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent nothing for {0:?}; the response was ended")]
+struct IdleTimeout(Duration);
+
 impl http_body::Body for SlotBody {
     type Data = bytes_alias::Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let next = tokio::time::Instant::now() + self.idle;
+                self.deadline.as_mut().reset(next);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    let idle = self.idle;
+                    Poll::Ready(Some(Err(Box::new(IdleTimeout(idle)))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
     }
 
     fn is_end_stream(&self) -> bool {
@@ -370,7 +398,14 @@ async fn forward(app: AppState, req: Request) -> Result<Response, ApiError> {
     rate_headers(&mut rparts.headers, &admission.rate);
     rparts.extensions.insert(Proxied);
     let in_flight = grant.principal.tenant_id.as_ref().map(|t| InFlight::start(app.tenant_labels.label(t.as_str())));
-    let body = Body::new(SlotBody { inner: rbody, _slot: admission.slot, _in_flight: in_flight });
+    let idle = Duration::from_secs(route.cfg.idle_timeout_secs);
+    let body = Body::new(SlotBody {
+        inner: rbody,
+        idle,
+        deadline: Box::pin(tokio::time::sleep(idle)),
+        _slot: admission.slot,
+        _in_flight: in_flight,
+    });
     Ok(Response::from_parts(rparts, body))
 }
 

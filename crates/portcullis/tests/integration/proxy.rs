@@ -33,6 +33,7 @@ fn routes(up: &Upstream) -> String {
         up.route("/raw", "", "tool.request", "strip_prefix = false"),
         up.route("/quick", "", "job.submit", "timeout_secs = 1"),
         up.route("/metered", "", "job.submit", "rate_per_minute = 2"),
+        up.route("/idle", "", "conversation.send", "idle_timeout_secs = 1"),
         format!(
             "[[routes]]\nprefix = \"/closed\"\nupstream = \"http://127.0.0.1:{}\"\naction = \"conversation.send\"\n",
             closed_port()
@@ -547,6 +548,23 @@ fn an_upstream_failing_mid_stream_gives_the_concurrency_slot_back() {
         eventually(Duration::from_secs(30), || echo_status(&g) == 200),
         "the slot comes back after the upstream fails"
     );
+}
+
+#[test]
+fn a_stream_that_goes_silent_is_ended_at_the_idle_timeout_and_gives_the_slot_back() {
+    let g = one_at_a_time();
+    let mut st = OpenStream::get(&g.s.addr, "/idle/sse?n=2", &[("x-api-key", &g.key)]);
+    assert_eq!(st.status, 200);
+    g.up.release(1);
+    assert!(st.read_until("data: 0\n\n"));
+    // The upstream now stays silent (event 1 is never released): the route's 1 s idle timeout
+    // ends the response, so the client is not left hanging and the slot comes back.
+    assert!(!st.read_to_end(), "a body ended by the idle timeout is not ended cleanly");
+    assert!(
+        eventually(Duration::from_secs(30), || echo_status(&g) == 200),
+        "the slot comes back after the idle timeout"
+    );
+    g.up.release(1);
 }
 
 #[test]
