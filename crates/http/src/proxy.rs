@@ -182,8 +182,8 @@ pub fn client(connect_timeout: Duration) -> UpstreamClient {
 #[derive(Clone, Copy, Debug)]
 pub struct Proxied;
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) and the caller's credentials never cross the proxy.
-fn strip_request_headers(h: &mut HeaderMap) {
+/// Headers named in `Connection` are hop-by-hop for this message (RFC 9110 §7.6.1).
+fn remove_connection_listed(h: &mut HeaderMap) {
     let listed: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -194,6 +194,11 @@ fn strip_request_headers(h: &mut HeaderMap) {
     for name in listed {
         h.remove(name);
     }
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) and the caller's credentials never cross the proxy.
+fn strip_request_headers(h: &mut HeaderMap) {
+    remove_connection_listed(h);
     for name in [
         header::CONNECTION,
         header::TE,
@@ -223,16 +228,7 @@ fn strip_request_headers(h: &mut HeaderMap) {
 }
 
 fn strip_response_headers(h: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        h.remove(name);
-    }
+    remove_connection_listed(h);
     for name in [header::CONNECTION, header::TRAILER, header::TRANSFER_ENCODING, header::UPGRADE] {
         h.remove(name);
     }

@@ -280,3 +280,8 @@ pub fn problem(r: Response) -> (u16, Value) {
     assert!(v["request_id"].as_str().is_some_and(|s| !s.is_empty()));
     (status, v)
 }
+
+/// A loopback port that was free a moment ago (for servers that cannot be told to bind port 0).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}

@@ -1,15 +1,11 @@
 //! `/metrics`: Prometheus text that passes `promtool check metrics`, counts what operators
 //! watch, and is not public.
-use crate::harness::Server;
+use crate::harness::{Server, free_port};
 use serde_json::json;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
 const PROMTOOL: &str = "/usr/bin/promtool";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 #[test]
 fn metrics_count_requests_limits_and_audit_and_pass_promtool() {

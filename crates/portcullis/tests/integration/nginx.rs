@@ -1,15 +1,11 @@
 //! Real nginx (Debian package) with `auth_request` pointed at Portcullis, in front of an
 //! application, configured with the block from `docs/nginx.md` so the documentation is tested.
-use crate::harness::Server;
+use crate::harness::{Server, free_port};
 use serde_json::json;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const NGINX: &str = "/usr/sbin/nginx";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// The ```nginx block of docs/nginx.md.
 fn documented_config() -> String {
