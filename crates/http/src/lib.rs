@@ -173,7 +173,6 @@ pub fn app(guard: Arc<Guard>, audit: Arc<dyn AuditStore>, settings: HttpSettings
     };
     // Anything that is not an API route is matched against the configured proxy routes.
     api.route("/openapi.json", axum::routing::get(routes::openapi_json))
-        .route("/metrics", axum::routing::get(routes::metrics))
         // Time limit for API handlers (408). Added before the fallback on purpose: proxied
         // requests have their route's own timeouts and may stream for long.
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(

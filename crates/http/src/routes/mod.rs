@@ -22,6 +22,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
+        .routes(routes!(metrics))
         .routes(routes!(auth::login))
         .routes(routes!(auth::logout))
         .routes(routes!(auth::whoami))
@@ -42,7 +43,10 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(audit::query))
 }
 
-/// Prometheus text. Not in the OpenAPI document: it is an operations endpoint, not the API.
+/// Prometheus text format. For operators, or a scraper presenting `metrics.bearer_token`.
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(("bearer" = [])),
+    responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain"),
+        (status = 401, body = crate::error::ProblemDoc), (status = 403, body = crate::error::ProblemDoc)))]
 pub async fn metrics(
     State(s): State<AppState>,
     headers: axum::http::HeaderMap,

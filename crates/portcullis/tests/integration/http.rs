@@ -147,6 +147,7 @@ fn openapi_documents_every_route() {
     let expected = [
         ("/healthz", "get"),
         ("/readyz", "get"),
+        ("/metrics", "get"),
         ("/v1/auth/login", "post"),
         ("/v1/auth/logout", "post"),
         ("/v1/auth/whoami", "get"),
