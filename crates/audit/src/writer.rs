@@ -29,6 +29,9 @@ pub struct AuditConfig {
     pub checkpoint_every: u64,
     pub checkpoint_interval: Duration,
     pub max_batch: usize,
+    /// This process is the only writer of its chain (guaranteed by the caller, e.g. the serve
+    /// lock): the head is kept in memory instead of being read for every batch.
+    pub exclusive: bool,
 }
 
 struct Job {
@@ -147,8 +150,12 @@ async fn run(
         .and_then(|cps| cps.iter().filter(|c| c.writer_id == cfg.writer_id).map(|c| c.seq).max())
         .unwrap_or(0);
     let mut last_cp_at = Instant::now();
-    let mut head_seq = store.head(&cfg.writer_id).await.ok().flatten().map(|h| h.seq).unwrap_or(0);
-    let mut head_hash = String::new();
+    let start_head = store.head(&cfg.writer_id).await.ok().flatten();
+    let mut head_seq = start_head.as_ref().map(|h| h.seq).unwrap_or(0);
+    let mut head_hash = start_head.as_ref().map(|h| h.hash.clone()).unwrap_or_default();
+    // The head as last committed by us (exclusive writers only; `None` = read it per batch).
+    let mut known: Option<portcullis_store::ChainHead> =
+        if cfg.exclusive { Some(start_head.unwrap_or_else(|| genesis(&cfg.writer_id))) } else { None };
     let mut jobs: Vec<Job> = Vec::with_capacity(cfg.max_batch);
     let mut stopped: Option<oneshot::Sender<()>> = None;
     loop {
@@ -185,12 +192,16 @@ async fn run(
         }
         let events: Vec<AuditEvent> = jobs.iter_mut().flat_map(|j| std::mem::take(&mut j.events)).collect();
         queued.fetch_sub(events.len() as u64, Ordering::Relaxed);
-        let outcome = store.append(&cfg.writer_id, events, &sink as &dyn ChainSink).await;
+        let outcome = store.append(&cfg.writer_id, known.as_ref(), events, &sink as &dyn ChainSink).await;
         let answer = match &outcome {
             Ok(records) => {
                 if let Some(last) = records.last() {
                     head_seq = last.seq;
                     head_hash.clone_from(&last.hash);
+                    if let Some(k) = known.as_mut() {
+                        k.seq = last.seq;
+                        k.hash.clone_from(&last.hash);
+                    }
                 }
                 Ok(())
             }
@@ -222,6 +233,10 @@ async fn run(
     if let Some(done) = stopped {
         let _ = done.send(());
     }
+}
+
+fn genesis(writer_id: &str) -> portcullis_store::ChainHead {
+    portcullis_store::ChainHead { writer_id: writer_id.to_owned(), seq: 0, hash: String::from(GENESIS_HASH) }
 }
 
 async fn checkpoint(

@@ -41,6 +41,7 @@ fn env(fsync: bool) -> Env {
                 checkpoint_every: 1000,
                 checkpoint_interval: Duration::from_secs(60),
                 max_batch: 4096,
+                exclusive: true,
             },
             move || {
                 Box::pin(async move {

@@ -164,7 +164,8 @@ fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) -> 
 }
 
 async fn open(cfg: Config) -> anyhow::Result<Opened> {
-    runtime::open(cfg, String::from(CLI_WRITER)).await
+    // Several CLI commands may run at once: they read the chain head inside each transaction.
+    runtime::open(cfg, String::from(CLI_WRITER), false).await
 }
 
 /// Runs a command on the opened store, then stops the audit writer cleanly (final signed

@@ -77,7 +77,8 @@ pub fn writer_id_for_serve(cfg: &Config) -> anyhow::Result<String> {
     Ok(id)
 }
 
-pub async fn open(cfg: Config, writer_id: String) -> anyhow::Result<Opened> {
+/// `exclusive`: this process alone writes `writer_id`'s chain (serve, under its lock file).
+pub async fn open(cfg: Config, writer_id: String, exclusive: bool) -> anyhow::Result<Opened> {
     if cfg.database_url.is_some() || cfg.redis_url.is_some() {
         bail!(
             "PORTCULLIS_DATABASE_URL / PORTCULLIS_REDIS_URL select the scale-out shape, which this build does not include yet; unset them to run on the embedded store in {}",
@@ -113,6 +114,7 @@ pub async fn open(cfg: Config, writer_id: String) -> anyhow::Result<Opened> {
             checkpoint_every: cfg.audit.checkpoint_every,
             checkpoint_interval: Duration::from_secs(cfg.audit.checkpoint_interval_secs),
             max_batch: cfg.audit.max_batch,
+            exclusive,
         },
         move || {
             Box::pin(async move {

@@ -74,7 +74,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen} (set PORTCULLIS_LISTEN)"))?;
     let local = listener.local_addr()?;
-    let opened = runtime::open(cfg, writer_id.clone()).await?;
+    let opened = runtime::open(cfg, writer_id.clone(), true).await?;
     let cfg = opened.cfg;
     let guard = opened.guard;
     guard.spawn_maintenance();

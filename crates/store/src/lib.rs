@@ -137,9 +137,13 @@ pub enum AppendError {
 pub trait AuditStore: Send + Sync + 'static {
     async fn ping(&self) -> Result<()>;
     /// Chains `events` after the writer's head, writes them to `sink`, inserts them, commits.
+    /// `known_head`: the head as this writer last committed it, when the writer is the only one
+    /// on its chain (a `serve` process holds its data dir's lock); `None` reads the head inside
+    /// the transaction (writers that may run concurrently, like the CLI).
     async fn append(
         &self,
         writer_id: &str,
+        known_head: Option<&ChainHead>,
         events: Vec<AuditEvent>,
         sink: &dyn ChainSink,
     ) -> std::result::Result<Vec<AuditRecord>, AppendError>;

@@ -854,20 +854,26 @@ impl AuditStore for SqliteAuditStore {
     async fn append(
         &self,
         writer_id: &str,
+        known_head: Option<&ChainHead>,
         events: Vec<AuditEvent>,
         sink: &dyn ChainSink,
     ) -> std::result::Result<Vec<AuditRecord>, AppendError> {
         // BEGIN IMMEDIATE takes the write lock first, so two processes writing the same chain
         // (e.g. two CLI invocations) serialise here and each reads the true head.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(StoreError::from)?;
-        let head = sqlx::query("SELECT writer_id, seq, hash FROM audit_heads WHERE writer_id = ?")
-            .bind(writer_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
-        let (mut seq, mut prev) = match head.as_ref().map(head_from).transpose()? {
-            Some(h) => (h.seq, h.hash),
-            None => (0, String::from(GENESIS_HASH)),
+        let (mut seq, mut prev) = match known_head {
+            Some(h) => (h.seq, h.hash.clone()),
+            None => {
+                let head = sqlx::query("SELECT writer_id, seq, hash FROM audit_heads WHERE writer_id = ?")
+                    .bind(writer_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(StoreError::from)?;
+                match head.as_ref().map(head_from).transpose()? {
+                    Some(h) => (h.seq, h.hash),
+                    None => (0, String::from(GENESIS_HASH)),
+                }
+            }
         };
         let mut records = Vec::with_capacity(events.len());
         for e in events {
