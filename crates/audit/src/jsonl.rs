@@ -1,6 +1,6 @@
 //! Daily JSONL files `audit-YYYY-MM-DD.jsonl` (UTC date of the event) and `checkpoints.jsonl`.
 use portcullis_core::audit::AuditRecord;
-use portcullis_core::timefmt::{parse_rfc3339_ms, utc_date};
+use portcullis_core::timefmt::utc_date;
 use portcullis_store::{ChainSink, Checkpoint, SinkUndo};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -39,8 +39,14 @@ impl JsonlSink {
             let _ = f.set_len(before);
             return Err(format!("write {}: {e}", path.display()));
         }
+        if self.fsync
+            && let Err(e) = f.sync_data()
+        {
+            // Not durable means not written: take the bytes back so no refused event stays.
+            let _ = f.set_len(before);
+            return Err(format!("fsync {}: {e}", path.display()));
+        }
         if self.fsync {
-            f.sync_data().map_err(|e| format!("fsync {}: {e}", path.display()))?;
             // A new file's directory entry must be durable too.
             if !existed && let Ok(d) = File::open(&self.dir) {
                 let _ = d.sync_all();
@@ -58,40 +64,22 @@ impl JsonlSink {
 
 impl ChainSink for JsonlSink {
     fn write(&self, records: &[AuditRecord]) -> Result<SinkUndo, String> {
-        let mut undo = SinkUndo::default();
-        // Records of one batch are nearly always of one day; group consecutive runs by date.
-        let mut start = 0;
-        while start < records.len() {
-            let date = records
-                .get(start)
-                .and_then(|r| parse_rfc3339_ms(&r.timestamp))
-                .map(utc_date)
-                .unwrap_or_else(|| String::from("undated"));
-            let mut end = start;
-            let mut buf = Vec::with_capacity(512 * (records.len() - start));
-            while let Some(r) = records.get(end) {
-                let d = parse_rfc3339_ms(&r.timestamp).map(utc_date).unwrap_or_else(|| String::from("undated"));
-                if d != date {
-                    break;
-                }
-                if let Err(e) = serde_json::to_writer(&mut buf, r) {
-                    self.undo(undo);
-                    return Err(e.to_string());
-                }
-                buf.push(b'\n');
-                end += 1;
-            }
-            let path = Self::file_for_date(&self.dir, &date);
-            match self.append(&path, &buf) {
-                Ok(before) => undo.0.push((path, before)),
-                Err(e) => {
-                    self.undo(undo);
-                    return Err(e);
-                }
-            }
-            start = end;
+        // One file per batch, named by the time of the write, not by each record's timestamp:
+        // records are stamped when created but chained in queue order, so around midnight a
+        // record stamped 23:59:59.999 can follow one stamped 00:00:00.000. Filing by write time
+        // keeps every chain in seq order across the daily files.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        let path = Self::file_for_date(&self.dir, &utc_date(now_ms));
+        let mut buf = Vec::with_capacity(512 * records.len());
+        for r in records {
+            serde_json::to_writer(&mut buf, r).map_err(|e| e.to_string())?;
+            buf.push(b'\n');
         }
-        Ok(undo)
+        let before = self.append(&path, &buf)?;
+        Ok(SinkUndo(vec![(path, before)]))
     }
 
     fn undo(&self, undo: SinkUndo) {

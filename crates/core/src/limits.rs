@@ -16,7 +16,10 @@ impl LimitOverrides {
         if self.rate_per_minute == Some(0) || self.concurrency == Some(0) || self.requests_per_day == Some(0) {
             return Err(String::from("limits must be positive (suspend the tenant to stop its traffic)"));
         }
-        if self.rate_per_minute.is_some_and(|r| r > 10_000_000) || self.concurrency.is_some_and(|c| c > 1_000_000) {
+        if self.rate_per_minute.is_some_and(|r| r > 10_000_000)
+            || self.concurrency.is_some_and(|c| c > 1_000_000)
+            || self.requests_per_day.is_some_and(|d| d > 1_000_000_000_000)
+        {
             return Err(String::from("limit is implausibly large"));
         }
         Ok(())

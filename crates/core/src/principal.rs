@@ -33,6 +33,10 @@ pub struct Principal {
     pub user_id: Option<UserId>,
     /// Session token id when the principal logged in with a password.
     pub session_id: Option<String>,
+    /// API-key scopes. Empty: the role alone decides. Otherwise every action (an admin
+    /// permission name such as `keys.read`, or a data-plane action such as `conversation.send`)
+    /// must also match a scope: exactly, `*`, or a `prefix.*` pattern.
+    pub scopes: Vec<String>,
 }
 
 impl Principal {
@@ -46,7 +50,18 @@ impl Principal {
             key_id: None,
             user_id: None,
             session_id: None,
+            scopes: Vec::new(),
         }
+    }
+
+    /// Whether the principal's scopes (if any) cover `action`.
+    pub fn scope_allows(&self, action: &str) -> bool {
+        self.scopes.is_empty()
+            || self.scopes.iter().any(|s| {
+                s == "*"
+                    || s == action
+                    || s.strip_suffix('*').is_some_and(|p| p.ends_with('.') && action.starts_with(p))
+            })
     }
 
     pub fn is_operator(&self) -> bool {
@@ -77,5 +92,24 @@ impl TenantScope {
     }
     pub fn via_operator(&self) -> bool {
         self.via_operator
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_match_exactly_by_wildcard_or_by_prefix() {
+        let mut p = Principal::system_operator("x");
+        assert!(p.scope_allows("anything"), "no scopes: the role decides");
+        p.scopes = vec![String::from("conversation.send"), String::from("keys.*")];
+        assert!(p.scope_allows("conversation.send"));
+        assert!(p.scope_allows("keys.read") && p.scope_allows("keys.write"));
+        assert!(!p.scope_allows("tool.request"));
+        assert!(!p.scope_allows("keysx.read"));
+        assert!(!p.scope_allows("conversation.send.more"));
+        p.scopes = vec![String::from("*")];
+        assert!(p.scope_allows("tool.request"));
     }
 }

@@ -211,6 +211,9 @@ impl Guard {
         scope: &TenantScope,
         route: &str,
     ) -> Result<bool, AdminError> {
+        if self.store.get_upstream_credential(scope, route).await?.is_none() {
+            return Ok(false);
+        }
         let mut e = self.event_for(g, meta, "upstream_credential.delete", AuditResult::Success);
         e.tenant_id = Some(scope.tenant_id().to_string());
         e.resource_type = Some(String::from("upstream_credential"));
@@ -233,7 +236,8 @@ impl Guard {
         let email = normalise_email(email)?;
         password::check_policy(pw).map_err(AdminError::Invalid)?;
         if self.store.find_user_by_email(&email).await?.is_some() {
-            return Err(AdminError::Conflict(format!("user `{email}` already exists")));
+            // Emails are unique across tenants (login is by email); do not echo whose it is.
+            return Err(AdminError::Conflict(String::from("a user with this email already exists")));
         }
         let candidate = pw.to_owned();
         let hash = tokio::task::spawn_blocking(move || password::hash(&candidate))

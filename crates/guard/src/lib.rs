@@ -342,6 +342,14 @@ impl Guard {
             self.record(denied("role_lacks_permission", "authz.denied")).await?;
             return Err(GuardError::Forbidden("the caller's role does not grant this action"));
         }
+        // Data-plane permissions are checked against the action by the caller (route, decision);
+        // the own-session permission is never scoped away.
+        if !matches!(permission, Permission::Execute | Permission::Session)
+            && !principal.scope_allows(permission.as_str())
+        {
+            self.record(denied("scope_lacks_permission", "authz.denied")).await?;
+            return Err(GuardError::Forbidden("the key's scopes do not include this action"));
+        }
         Ok(Grant { principal, scope: Some(TenantScope::authorized(tenant, false)), permission })
     }
 
@@ -477,6 +485,7 @@ impl Guard {
             key_id: Some(record.id.clone()),
             user_id: None,
             session_id: None,
+            scopes: record.scopes.clone(),
         })
     }
 
@@ -522,6 +531,7 @@ impl Guard {
             key_id: None,
             user_id: Some(user.id.clone()),
             session_id: Some(entry.session.id.clone()),
+            scopes: Vec::new(),
         })
     }
 
@@ -540,6 +550,7 @@ impl Guard {
             key_id: None,
             user_id: None,
             session_id: None,
+            scopes: Vec::new(),
         })
     }
 

@@ -162,6 +162,7 @@ impl Guard {
             key_id: None,
             user_id: Some(user.id.clone()),
             session_id: Some(session.id.clone()),
+            scopes: Vec::new(),
         };
         let mut e = self.event(meta, "auth.login", AuditResult::Success);
         e.user_id = Some(principal.id.clone());

@@ -46,9 +46,13 @@ markers!(
 );
 
 pub fn credential_from(parts: &Parts) -> Option<Credential> {
-    if let Some(v) = parts.headers.get(header::AUTHORIZATION) {
-        let v = v.to_str().ok()?;
-        let token = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))?;
+    // A non-Bearer Authorization (e.g. Basic meant for the upstream) does not hide X-API-Key.
+    if let Some(token) = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+    {
         return Some(Credential::classify(token.trim()));
     }
     let v = parts.headers.get("x-api-key")?.to_str().ok()?;

@@ -20,6 +20,12 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[derive(Clone, Copy, Debug)]
 pub struct PeerAddr(pub SocketAddr);
 
+/// All `X-Forwarded-For` lines joined with `,`, or `None` when there are none.
+pub fn forwarded_for(h: &HeaderMap) -> Option<String> {
+    let lines: Vec<&str> = h.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
+    (!lines.is_empty()).then(|| lines.join(","))
+}
+
 fn valid_request_id(v: &str) -> bool {
     !v.is_empty()
         && v.len() <= 128
@@ -47,8 +53,10 @@ pub async fn edge(State(app): State<crate::AppState>, mut req: Request, next: Ne
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
     let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
-    let forwarded = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
-    let client = peer.map(|p| client_ip(p, forwarded, &app.settings.trusted_proxies));
+    // Every X-Forwarded-For line, in order: a proxy may add its own line instead of appending, and
+    // a client's forged line must not be the only one read.
+    let forwarded = forwarded_for(req.headers());
+    let client = peer.map(|p| client_ip(p, forwarded.as_deref(), &app.settings.trusted_proxies));
     let ip = client.map(|c| c.to_string());
     let user_agent =
         req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(|s| s.chars().take(512).collect());

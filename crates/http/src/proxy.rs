@@ -319,6 +319,14 @@ async fn forward(app: AppState, req: Request) -> Result<Response, ApiError> {
     let x_tenant = parts.headers.get("x-tenant-id").map(|v| v.to_str().unwrap_or("(not valid text)").to_owned());
     let grant = app.guard.check(credential_from(&parts), x_tenant.as_deref(), Permission::Execute, &meta).await?;
     crate::extract::note_tenant(&parts, &grant);
+    if !grant.principal.scope_allows(&route.cfg.action) {
+        let mut e = app.guard.event_for(&grant, &meta, &route.cfg.action, AuditResult::Denied);
+        e.resource_type = Some(String::from("route"));
+        e.resource_id = Some(route.cfg.prefix.clone());
+        e.reason = Some(String::from("scope_lacks_action"));
+        app.guard.record(e).await?;
+        return Err(ApiError::Forbidden(String::from("the key's scopes do not include this route's action")));
+    }
     let admission = match app.guard.admit(&grant.principal, &route.cfg.prefix, route.cfg.rate_per_minute, true).await? {
         Ok(a) => a,
         Err(rejection) => {
@@ -355,7 +363,7 @@ async fn forward(app: AppState, req: Request) -> Result<Response, ApiError> {
         set(h, "x-portcullis-role", r.as_str());
     }
     if let Some(ip) = &meta.ip {
-        let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let xff = match crate::middleware::forwarded_for(h) {
             Some(prev) => format!("{prev}, {ip}"),
             None => ip.clone(),
         };

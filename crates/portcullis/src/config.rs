@@ -234,6 +234,10 @@ const ENV_KEYS: &[&str] = &[
     "auth",
     "http",
     "tiers",
+    "limits",
+    "ip",
+    "metrics",
+    "routes",
 ];
 
 pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {

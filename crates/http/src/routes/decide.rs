@@ -109,6 +109,9 @@ pub async fn authorize(
     let allowed = if !role_ok {
         reasons.push(String::from("rbac:role_lacks_permission"));
         false
+    } else if !p.scope_allows(&body.action) {
+        reasons.push(String::from("scope:not_granted"));
+        false
     } else if p.tenant_id.is_none() {
         reasons.push(String::from("rbac:operator"));
         true
@@ -186,6 +189,10 @@ pub async fn check(State(app): State<AppState>, headers: HeaderMap, c: Caller) -
     if !p.role.is_some_and(|r| Permission::Execute.granted_to(r)) {
         app.guard.record(denied(String::from("rbac:role_lacks_permission"))).await?;
         return Err(ApiError::Forbidden(String::from("the caller's role does not grant this action")));
+    }
+    if !p.scope_allows(&action) {
+        app.guard.record(denied(String::from("scope:not_granted"))).await?;
+        return Err(ApiError::Forbidden(String::from("the key's scopes do not include this action")));
     }
     let admission =
         match app.guard.admit(p, &route_key, route.as_ref().and_then(|r| r.cfg.rate_per_minute), false).await? {

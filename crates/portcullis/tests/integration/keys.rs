@@ -27,7 +27,9 @@ fn key_is_shown_once_has_the_documented_format_and_never_leaks_its_hash() {
         .post("/v1/keys")
         .bearer_auth(&op)
         .header("x-tenant-id", &t)
-        .json(&json!({"name": "ci", "role": "editor", "scopes": ["conversation.send"], "expires_in": "30d"}))
+        .json(
+            &json!({"name": "ci", "role": "editor", "scopes": ["conversation.send", "keys.read"], "expires_in": "30d"}),
+        )
         .send()
         .unwrap();
     assert_eq!(r.status(), 201);
@@ -37,7 +39,7 @@ fn key_is_shown_once_has_the_documented_format_and_never_leaks_its_hash() {
     assert!(key[3..].bytes().all(|b| b.is_ascii_alphanumeric()));
     assert_eq!(created["prefix"], &key[..11]);
     assert_eq!(created["role"], "editor");
-    assert_eq!(created["scopes"], json!(["conversation.send"]));
+    assert_eq!(created["scopes"], json!(["conversation.send", "keys.read"]));
     assert!(created["expires_at"].is_string());
     assert_eq!(created["created_by"], "user:admin@localhost");
     let id = created["id"].as_str().unwrap();
@@ -191,4 +193,49 @@ fn key_roles_and_inputs_are_validated() {
     }
     let listed: Value = s.get("/v1/keys").bearer_auth(&op).header("x-tenant-id", &t).send().unwrap().json().unwrap();
     assert_eq!(listed["items"].as_array().unwrap().len(), 0, "bad input changed nothing");
+}
+
+#[test]
+fn key_scopes_restrict_what_the_role_allows() {
+    let (s, op, t) = tenant();
+    let make = |scopes: Value| -> String {
+        let r = s
+            .post("/v1/keys")
+            .bearer_auth(&op)
+            .header("x-tenant-id", &t)
+            .json(&json!({"name": "scoped", "role": "admin", "scopes": scopes}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().unwrap()["key"].as_str().unwrap().to_owned()
+    };
+    let authorize = |key: &str, action: &str| -> Value {
+        s.post("/v1/authorize")
+            .header("x-api-key", key)
+            .json(&json!({"action": action}))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    // An admin key scoped to one data-plane action: no admin API, that action only.
+    let conv = make(json!(["conversation.send"]));
+    assert_eq!(problem(s.get("/v1/keys").header("x-api-key", &conv).send().unwrap()).0, 403);
+    assert_eq!(whoami(&s, &conv), 200, "the own-session endpoints are never scoped away");
+    assert_eq!(authorize(&conv, "conversation.send")["decision"], "allow");
+    let denied = authorize(&conv, "tool.request");
+    assert_eq!(denied["decision"], "deny");
+    assert_eq!(denied["reasons"], json!(["scope:not_granted"]));
+    // Scopes name admin permissions too, exactly or by prefix.
+    let reader = make(json!(["keys.read"]));
+    assert_eq!(s.get("/v1/keys").header("x-api-key", &reader).send().unwrap().status(), 200);
+    let r =
+        s.post("/v1/keys").header("x-api-key", &reader).json(&json!({"name": "x", "role": "viewer"})).send().unwrap();
+    assert_eq!(r.status(), 403);
+    let keys_all = make(json!(["keys.*"]));
+    let r =
+        s.post("/v1/keys").header("x-api-key", &keys_all).json(&json!({"name": "x", "role": "viewer"})).send().unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(s.get("/v1/users").header("x-api-key", &keys_all).send().unwrap().status(), 403);
+    assert!(s.audit(&op, "action=authz.denied").iter().any(|e| e["reason"] == "scope_lacks_permission"));
 }
