@@ -6,6 +6,7 @@ use portcullis_core::limits::LimitOverrides;
 use portcullis_core::{KeyId, TenantId, Tier};
 use portcullis_store::{ApiKeyRecord, Change, ChangeKind, SessionRecord, TenantStatus, User};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Clone, Debug)]
 pub struct TenantState {
@@ -18,8 +19,13 @@ pub struct CachedSession {
     pub user: User,
 }
 
+/// Fills race with invalidations: a request may read a key from the store just before it is
+/// revoked and insert it just after the revocation was applied. Every invalidation bumps
+/// `generation`; a fill reads it before going to the store and, if it changed by the time the
+/// entry is inserted, removes the entry again, so a stale row is never kept.
 #[derive(Default)]
 pub struct Caches {
+    generation: AtomicU64,
     /// HMAC hex → key record.
     pub keys: DashMap<String, Arc<ApiKeyRecord>>,
     key_index: DashMap<KeyId, String>,
@@ -34,12 +40,46 @@ pub struct Caches {
 }
 
 impl Caches {
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    fn bump(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Whether an entry filled after reading `since` must be dropped again.
+    pub fn stale_since(&self, since: u64) -> bool {
+        self.generation() != since
+    }
+
+    pub fn remove_tenant(&self, id: &TenantId) {
+        self.bump();
+        self.tenants.remove(id);
+    }
+
+    pub fn remove_limits(&self, id: &TenantId) {
+        self.bump();
+        self.limits.remove(id);
+    }
+
+    pub fn remove_ip_rules(&self, id: &TenantId) {
+        self.bump();
+        self.ip_rules.remove(id);
+    }
+
+    pub fn remove_upstream(&self, key: &str) {
+        self.bump();
+        self.upstream.remove(key);
+    }
+
     pub fn insert_key(&self, hash_hex: String, record: Arc<ApiKeyRecord>) {
         self.key_index.insert(record.id.clone(), hash_hex.clone());
         self.keys.insert(hash_hex, record);
     }
 
     pub fn remove_key(&self, id: &KeyId) {
+        self.bump();
         if let Some((_, h)) = self.key_index.remove(id) {
             self.keys.remove(&h);
         }
@@ -51,12 +91,14 @@ impl Caches {
     }
 
     pub fn remove_session(&self, id: &str) {
+        self.bump();
         if let Some((_, h)) = self.session_index.remove(id) {
             self.sessions.remove(&h);
         }
     }
 
     pub fn apply(&self, change: &Change) {
+        self.bump();
         match change.kind {
             ChangeKind::Key => {
                 if let Ok(id) = KeyId::parse(&change.entity_id) {
@@ -65,25 +107,26 @@ impl Caches {
             }
             ChangeKind::Tenant => {
                 if let Ok(id) = TenantId::parse(&change.entity_id) {
-                    self.tenants.remove(&id);
+                    self.remove_tenant(&id);
                 }
             }
             ChangeKind::Session => self.remove_session(&change.entity_id),
             ChangeKind::Limits => {
                 if let Ok(id) = TenantId::parse(&change.entity_id) {
-                    self.limits.remove(&id);
+                    self.remove_limits(&id);
                 }
             }
             ChangeKind::UpstreamCredential => {
-                self.upstream.remove(&change.entity_id);
+                self.remove_upstream(&change.entity_id);
             }
             ChangeKind::IpRules => {
                 if let Ok(id) = TenantId::parse(&change.entity_id) {
-                    self.ip_rules.remove(&id);
+                    self.remove_ip_rules(&id);
                 }
             }
             ChangeKind::User => {
                 // Rare (user disabled or deleted): drop every cached session rather than index by user.
+                self.bump();
                 self.sessions.clear();
                 self.session_index.clear();
             }

@@ -369,23 +369,16 @@ impl Guard {
             Credential::Session(_) => ("session", None),
             Credential::Jwt(_) => ("jwt", None),
         };
-        // Guessing is limited per client IP and per key prefix: once either has failed too often
-        // in the window, every credential from there waits (valid ones too, until the lock ends).
+        // Guessing is limited per client IP and per key prefix (checksum-valid keys only: a
+        // prefix is visible to tenant readers, so junk carrying it must not lock the real key).
         let now = self.now_ms();
         let ip_key = format!("ip:{}", meta.ip.as_deref().unwrap_or("unknown"));
-        let prefix_key = hint.as_ref().map(|p| format!("prefix:{p}"));
-        let locked = self
-            .failed
-            .retry_after(&ip_key, now)
-            .max(prefix_key.as_deref().and_then(|k| self.failed.retry_after(k, now)));
-        if let Some(retry_after_secs) = locked {
-            let mut e = self.event(meta, "auth.throttled", AuditResult::Denied);
-            e.reason = Some(String::from("too_many_failed_credentials"));
-            e.metadata =
-                serde_json::json!({ "credential": kind, "key_prefix": hint, "retry_after_secs": retry_after_secs });
-            self.record(e).await?;
-            return Err(GuardError::Throttled { retry_after_secs });
-        }
+        let prefix_key = match &credential {
+            Credential::ApiKey(k) if apikey::validate(k).is_ok() => {
+                Some(format!("prefix:{}", apikey::display_prefix(k)))
+            }
+            _ => None,
+        };
         let outcome = match &credential {
             Credential::ApiKey(k) => self.verify_key(k).await,
             Credential::Session(t) => self.verify_session(t).await,
@@ -404,10 +397,18 @@ impl Guard {
             }
             Err(AuthFailure::Invalid(reason)) => {
                 metrics::counter!("portcullis_auth_failures_total", "reason" => reason).increment(1);
+                // Only failures are ever refused for guessing: a credential that verifies passes
+                // even from a locked address or prefix.
                 let policy = self.failed.policy();
-                let ip_locked = self.failed.fail(ip_key, policy.max_failures_per_ip, now);
-                let prefix_locked =
-                    prefix_key.is_some_and(|k| self.failed.fail(k, policy.max_failures_per_account, now));
+                // Locked by earlier failures (this one counts towards the next lock, not this answer).
+                let locked = self
+                    .failed
+                    .retry_after(&ip_key, now)
+                    .max(prefix_key.as_deref().and_then(|k| self.failed.retry_after(k, now)));
+                let ip_locked = self.failed.fail(ip_key.clone(), policy.max_failures_per_ip, now);
+                let prefix_locked = prefix_key
+                    .as_ref()
+                    .is_some_and(|k| self.failed.fail(k.clone(), policy.max_failures_per_account, now));
                 if ip_locked || prefix_locked {
                     let mut alert = self.event(meta, "security_alert", AuditResult::Denied);
                     alert.reason = Some(String::from(if ip_locked {
@@ -417,6 +418,13 @@ impl Guard {
                     }));
                     alert.metadata = serde_json::json!({ "credential": kind, "key_prefix": hint });
                     self.record(alert).await?;
+                }
+                if let Some(retry_after_secs) = locked {
+                    let mut e = self.event(meta, "auth.throttled", AuditResult::Denied);
+                    e.reason = Some(String::from("too_many_failed_credentials"));
+                    e.metadata = serde_json::json!({ "credential": kind, "key_prefix": hint, "failure": reason, "retry_after_secs": retry_after_secs });
+                    self.record(e).await?;
+                    return Err(GuardError::Throttled { retry_after_secs });
                 }
                 let mut e = self.event(meta, "auth.failure", AuditResult::Failure);
                 e.reason = Some(String::from(reason));
@@ -431,9 +439,13 @@ impl Guard {
         if let Some(s) = self.cache.tenants.get(id) {
             return Ok(Some(s.clone()));
         }
+        let generation = self.cache.generation();
         let Some(t) = self.store.get_tenant(id).await? else { return Ok(None) };
         let s = cache::TenantState { status: t.status, tier: t.tier };
         self.cache.tenants.insert(id.clone(), s.clone());
+        if self.cache.stale_since(generation) {
+            self.cache.tenants.remove(id);
+        }
         Ok(Some(s))
     }
 
@@ -453,11 +465,15 @@ impl Guard {
         let record = match self.cache.keys.get(&hash_hex) {
             Some(r) => r.clone(),
             None => {
+                let generation = self.cache.generation();
                 let Some(r) = self.store.find_key_by_hash(&hash_hex).await.map_err(AuthFailure::Store)? else {
                     return Err(AuthFailure::Invalid("unknown_api_key"));
                 };
                 let r = Arc::new(r);
                 self.cache.insert_key(hash_hex.clone(), r.clone());
+                if self.cache.stale_since(generation) {
+                    self.cache.keys.remove(&hash_hex);
+                }
                 r
             }
         };
@@ -497,6 +513,7 @@ impl Guard {
         let entry = match self.cache.sessions.get(&hash_hex) {
             Some(s) => s.clone(),
             None => {
+                let generation = self.cache.generation();
                 let Some(s) = self.store.find_session(&hash_hex).await.map_err(AuthFailure::Store)? else {
                     return Err(AuthFailure::Invalid("unknown_session"));
                 };
@@ -505,6 +522,9 @@ impl Guard {
                 };
                 let entry = Arc::new(cache::CachedSession { session: s, user });
                 self.cache.insert_session(hash_hex.clone(), entry.clone());
+                if self.cache.stale_since(generation) {
+                    self.cache.sessions.remove(&hash_hex);
+                }
                 entry
             }
         };
@@ -560,8 +580,12 @@ impl Guard {
         let overrides = match self.cache.limits.get(tenant) {
             Some(o) => o.clone(),
             None => {
+                let generation = self.cache.generation();
                 let o = Arc::new(self.store.get_limits(tenant).await?);
                 self.cache.limits.insert(tenant.clone(), o.clone());
+                if self.cache.stale_since(generation) {
+                    self.cache.limits.remove(tenant);
+                }
                 o
             }
         };
@@ -605,6 +629,7 @@ impl Guard {
         if let Some(p) = self.cache.ip_rules.get(tenant) {
             return Ok(p.clone());
         }
+        let generation = self.cache.generation();
         let rules = self.store.get_ip_rules(tenant).await?;
         // Stored rules were validated on save; a row that no longer compiles denies nothing
         // rather than everything, and is reported.
@@ -613,6 +638,9 @@ impl Guard {
             IpPolicy::default()
         }));
         self.cache.ip_rules.insert(tenant.clone(), policy.clone());
+        if self.cache.stale_since(generation) {
+            self.cache.ip_rules.remove(tenant);
+        }
         Ok(policy)
     }
 
@@ -628,6 +656,7 @@ impl Guard {
             return Ok(c.clone());
         }
         let scope = TenantScope::authorized(tenant.clone(), false);
+        let generation = self.cache.generation();
         let opened = match self.store.get_upstream_credential(&scope, route).await? {
             None => None,
             Some(c) => {
@@ -642,12 +671,15 @@ impl Guard {
                 Some(Arc::new((c.header_name, value)))
             }
         };
-        self.cache.upstream.insert(key, opened.clone());
+        self.cache.upstream.insert(key.clone(), opened.clone());
+        if self.cache.stale_since(generation) {
+            self.cache.upstream.remove(&key);
+        }
         Ok(opened)
     }
 
     pub fn invalidate_upstream_credential(&self, tenant: &TenantId, route: &str) {
-        self.cache.upstream.remove(&format!("{tenant}{route}"));
+        self.cache.remove_upstream(&format!("{tenant}{route}"));
     }
 
     pub(crate) fn master_key(&self) -> &sealed::MasterKey {
@@ -655,7 +687,7 @@ impl Guard {
     }
 
     pub fn invalidate_ip_rules(&self, tenant: &TenantId) {
-        self.cache.ip_rules.remove(tenant);
+        self.cache.remove_ip_rules(tenant);
     }
 
     pub fn limiter(&self) -> &Arc<dyn Limiter> {
@@ -663,7 +695,7 @@ impl Guard {
     }
 
     pub fn invalidate_limits(&self, tenant: &TenantId) {
-        self.cache.limits.remove(tenant);
+        self.cache.remove_limits(tenant);
     }
 
     /// Forget cached state for something this process just changed (other processes learn of it
@@ -673,7 +705,7 @@ impl Guard {
     }
 
     pub fn invalidate_tenant(&self, id: &TenantId) {
-        self.cache.tenants.remove(id);
+        self.cache.remove_tenant(id);
     }
 
     pub fn invalidate_session(&self, id: &str) {

@@ -59,7 +59,8 @@ impl Throttle {
         (a.locked_until_ms > now).then(|| u64::try_from((a.locked_until_ms - now + 999) / 1000).unwrap_or(1))
     }
 
-    /// Counts a failure; returns true when this failure locked the key.
+    /// Counts a failure; returns true when this failure first locked the key in its window
+    /// (later failures extend the lock without another alert).
     pub(crate) fn fail(&self, key: String, threshold: u32, now: i64) -> bool {
         let mut a = self.state.entry(key).or_default();
         if now - a.first_ms > ms(self.policy.window) {
@@ -71,7 +72,7 @@ impl Throttle {
             let backoff =
                 ms(self.policy.base_backoff).saturating_mul(1_i64 << doublings).min(ms(self.policy.max_backoff));
             a.locked_until_ms = now + backoff;
-            return true;
+            return a.failures == threshold;
         }
         false
     }
@@ -105,6 +106,9 @@ impl Guard {
             self.record(e).await?;
             return Err(GuardError::Throttled { retry_after_secs });
         }
+        // Count the attempt before the (slow) password check, so concurrent guesses cannot all pass
+        // the lock check above; a success takes it back.
+        let acct_locked = self.login.fail(acct_key.clone(), self.login.policy.max_failures_per_account, now);
         let user = self.store.find_user_by_email(&email).await?;
         let phc = user.as_ref().map(|u| u.password_hash.clone()).unwrap_or_else(|| password::decoy_hash().to_owned());
         let candidate = pw.to_owned();
@@ -117,7 +121,6 @@ impl Guard {
                 e.tenant_id = None;
                 e.reason = Some(String::from("invalid_credentials"));
                 self.record(e).await?;
-                let acct_locked = self.login.fail(acct_key, self.login.policy.max_failures_per_account, now);
                 let ip_locked = self.login.fail(ip_key, self.login.policy.max_failures_per_ip, now);
                 if acct_locked || ip_locked {
                     let mut e = self.event(meta, "security_alert", AuditResult::Denied);

@@ -28,12 +28,37 @@ fn cors_answers_only_configured_origins() {
     assert!(r.headers().get("access-control-allow-origin").is_none());
 }
 
+/// CRC-32 (IEEE), as the key format uses it, to forge well-formed keys in the test.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for b in bytes {
+        c ^= u32::from(*b);
+        for _ in 0..8 {
+            c = if c & 1 == 1 { (c >> 1) ^ 0xEDB8_8320 } else { c >> 1 };
+        }
+    }
+    !c
+}
+
+/// A key with a valid checksum whose first 11 characters are `prefix`.
+fn forge(prefix: &str, n: usize) -> String {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let head = format!("{prefix}{:0>24}", n);
+    let mut v = u64::from(crc32(head.as_bytes()));
+    let mut check = [b'0'; 6];
+    for slot in check.iter_mut().rev() {
+        *slot = ALPHABET[(v % 62) as usize];
+        v /= 62;
+    }
+    format!("{head}{}", String::from_utf8(check.to_vec()).unwrap())
+}
+
 #[test]
 fn failed_credentials_are_limited_per_ip_and_per_key_prefix() {
     let s = Server::start_with(
         &[
             ("PORTCULLIS_AUTH__FAILED_CREDENTIALS__MAX_PER_KEY_PREFIX", "3"),
-            ("PORTCULLIS_AUTH__FAILED_CREDENTIALS__MAX_PER_IP", "8"),
+            ("PORTCULLIS_AUTH__FAILED_CREDENTIALS__MAX_PER_IP", "10"),
             ("PORTCULLIS_AUTH__FAILED_CREDENTIALS__BACKOFF_SECS", "120"),
         ],
         None,
@@ -41,25 +66,37 @@ fn failed_credentials_are_limited_per_ip_and_per_key_prefix() {
     let op = s.operator_token();
     let t = s.create_tenant(&op, "t", "free");
     let (_, key) = s.create_key(&op, &t, "admin");
-    // Guesses sharing the real key's prefix: after 3 failures that prefix is locked, so even the
-    // real key waits, while other keys from the same address still work.
-    let guess = |i: usize| format!("{}{}", &key[..11], &"0123456789abcdefghijklmnopqrstuvwxyz"[..30 - i.min(1)]);
+    let status = |k: &str| s.get("/v1/keys").header("x-api-key", k).send().unwrap().status().as_u16();
+    // Well-formed guesses carrying the real key's visible prefix: 3 are answered 401, then the
+    // prefix is locked and further guesses get 429.
     for i in 0..3 {
-        assert_eq!(s.get("/v1/keys").header("x-api-key", guess(i)).send().unwrap().status(), 401);
+        assert_eq!(status(&forge(&key[..11], i)), 401, "guess {i}");
     }
-    let (status, body) = problem(s.get("/v1/keys").header("x-api-key", &key).send().unwrap());
-    assert_eq!(status, 429, "{body}");
-    let (_, other) = s.create_key(&op, &t, "viewer");
-    assert_eq!(s.get("/v1/keys").header("x-api-key", &other).send().unwrap().status(), 200);
-    // Per IP: failures of any kind from one address lock it.
-    for i in 0..5 {
-        let _ = s.get("/v1/keys").bearer_auth(format!("not-a-token-{i}")).send().unwrap();
-    }
-    let r = s.get("/v1/keys").header("x-api-key", &other).send().unwrap();
+    let r = s.get("/v1/keys").header("x-api-key", forge(&key[..11], 3)).send().unwrap();
     assert_eq!(r.status(), 429);
     assert!(r.headers().contains_key("retry-after"));
+    problem(r);
+    // The real key still works: only failing credentials are ever refused for guessing.
+    assert_eq!(status(&key), 200);
+    // Junk with the prefix (bad checksum) does not count against the prefix…
+    assert_eq!(status(&format!("{}garbage", &key[..11])), 401);
+    // …but every failure counts against the client address, until it is locked too.
+    let mut refused = false;
+    for i in 0..10 {
+        if s.get("/v1/keys").bearer_auth(format!("not-a-token-{i}")).send().unwrap().status() == 429 {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "the address is locked after 10 failures");
+    assert_eq!(status(&key), 200, "a valid credential from a locked address still passes");
     let alerts = s.cli_json(&["audit", "query", "--action", "security_alert"]);
     let reasons: Vec<&str> = alerts.as_array().unwrap().iter().filter_map(|e| e["reason"].as_str()).collect();
-    assert!(reasons.contains(&"repeated_credential_failures_for_key_prefix"), "{reasons:?}");
+    assert_eq!(
+        reasons.iter().filter(|r| **r == "repeated_credential_failures_for_key_prefix").count(),
+        1,
+        "{reasons:?}"
+    );
     assert!(reasons.contains(&"repeated_credential_failures_from_ip"), "{reasons:?}");
+    assert!(s.cli_json(&["audit", "query", "--action", "auth.throttled"]).as_array().is_some_and(|a| !a.is_empty()));
 }
