@@ -7,6 +7,10 @@
 #![forbid(unsafe_code)]
 
 pub mod local;
+pub mod redis;
+
+#[cfg(test)]
+mod conformance;
 
 use async_trait::async_trait;
 

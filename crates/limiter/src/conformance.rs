@@ -1,0 +1,175 @@
+//! One suite, every backend: the in-process limiter and the Redis one (a real server: the URL in
+//! `PORTCULLIS_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`, keys under a fresh prefix).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests fail loudly")]
+
+use crate::local::LocalLimiter;
+use crate::redis::RedisLimiter;
+use crate::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn limits(per_minute: u32, concurrency: u32, per_day: u64) -> Limits {
+    Limits {
+        tenant_per_minute: per_minute,
+        principal_per_minute: 1_000_000,
+        route_per_minute: None,
+        global_per_second: None,
+        concurrency,
+        requests_per_day: per_day,
+    }
+}
+
+fn req<'a>(tenant: &'a str, l: &'a Limits, hold: bool) -> LimitRequest<'a> {
+    LimitRequest { tenant, principal: "p", route: "/r", limits: l, hold_slot: hold, now_ms: 1_764_000_000_000 }
+}
+
+fn redis_url() -> String {
+    std::env::var("PORTCULLIS_TEST_REDIS_URL").unwrap_or_else(|_| String::from("redis://127.0.0.1:6379"))
+}
+
+fn fresh_prefix() -> String {
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("portcullis-test:{}:{n}", std::process::id())
+}
+
+async fn redis_limiter(prefix: &str) -> RedisLimiter {
+    RedisLimiter::connect(&redis_url(), prefix, Duration::from_secs(5))
+        .await
+        .expect("a Redis server for the limiter tests (the README's test command starts one)")
+}
+
+async fn rate_admits_exactly_the_limit(lim: &dyn Limiter) {
+    let l = limits(10, 100, 1_000);
+    for i in 0..10u32 {
+        let a = lim.admit(&req("t1", &l, false)).await.unwrap_or_else(|r| panic!("request {i} refused: {r:?}"));
+        assert_eq!(a.rate.limit, 10);
+        assert_eq!(a.rate.remaining, 9 - i, "remaining after request {i}");
+    }
+    let r = lim.admit(&req("t1", &l, false)).await.err().expect("the 11th is refused");
+    assert_eq!(r.kind, LimitKind::Tenant);
+    assert!(r.retry_after_secs >= 1 && r.retry_after_secs <= 6, "{r:?}");
+    assert!(lim.admit(&req("t2", &l, false)).await.is_ok(), "another tenant is unaffected");
+}
+
+async fn slots_come_back_when_released(lim: &dyn Limiter) {
+    let l = limits(1_000, 2, 1_000);
+    let a = lim.admit(&req("t1", &l, true)).await.ok();
+    let b = lim.admit(&req("t1", &l, true)).await.ok();
+    assert!(a.is_some() && b.is_some());
+    assert_eq!(lim.admit(&req("t1", &l, true)).await.err().map(|r| r.kind), Some(LimitKind::Concurrency));
+    drop(a);
+    let mut admitted = false;
+    for _ in 0..50 {
+        if let Ok(c) = lim.admit(&req("t1", &l, true)).await {
+            admitted = true;
+            drop(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(admitted, "a released slot is available again");
+    drop(b);
+}
+
+async fn daily_quota_counts_admitted_requests(lim: &dyn Limiter) {
+    let l = limits(1_000, 10, 3);
+    for _ in 0..3 {
+        assert!(lim.admit(&req("t1", &l, false)).await.is_ok());
+    }
+    let r = lim.admit(&req("t1", &l, false)).await.err().expect("over quota");
+    assert_eq!(r.kind, LimitKind::Quota);
+    assert!(r.retry_after_secs > 0 && r.retry_after_secs <= 86_400);
+}
+
+macro_rules! conformance {
+    ($($name:ident),*) => {
+        mod local_backend {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $name() {
+                    super::$name(&LocalLimiter::new()).await;
+                }
+            )*
+        }
+        mod redis_backend {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $name() {
+                    super::$name(&redis_limiter(&fresh_prefix()).await).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(rate_admits_exactly_the_limit, slots_come_back_when_released, daily_quota_counts_admitted_requests);
+
+/// Three instances sharing one Redis and one limit, hammered concurrently: exactly the limit is
+/// admitted in total — no over-admission across instances.
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_limits_are_exact_across_instances() {
+    let prefix = fresh_prefix();
+    let instances =
+        Arc::new([redis_limiter(&prefix).await, redis_limiter(&prefix).await, redis_limiter(&prefix).await]);
+    let l = Arc::new(limits(50, 1_000, 1_000_000));
+    let mut tasks = Vec::new();
+    for i in 0..300usize {
+        let (instances, l) = (instances.clone(), l.clone());
+        tasks.push(tokio::spawn(async move { instances[i % 3].admit(&req("shared", &l, false)).await.is_ok() }));
+    }
+    let mut admitted = 0;
+    for t in tasks {
+        if t.await.unwrap() {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 50);
+}
+
+/// A refused request uses nothing: with the concurrency cap full, rate and quota stay untouched.
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_refusals_consume_nothing() {
+    let lim = redis_limiter(&fresh_prefix()).await;
+    let l = limits(3, 1, 3);
+    let held = lim.admit(&req("t", &l, true)).await.ok();
+    for _ in 0..5 {
+        assert_eq!(lim.admit(&req("t", &l, true)).await.err().map(|r| r.kind), Some(LimitKind::Concurrency));
+    }
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(lim.admit(&req("t", &l, false)).await.is_ok());
+    assert!(lim.admit(&req("t", &l, false)).await.is_ok());
+    let r = lim.admit(&req("t", &l, false)).await.err().expect("rate 3: the fourth admitted request is refused");
+    assert_eq!(r.kind, LimitKind::Tenant);
+}
+
+/// An instance that dies holding a slot (no release, no renewal) gives it back at lease expiry.
+#[test]
+fn redis_slots_of_a_crashed_instance_come_back_after_the_lease() {
+    let prefix = fresh_prefix();
+    let l = limits(1_000, 1, 1_000);
+    let crashed = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    crashed.block_on(async {
+        let lim = redis_limiter(&prefix).await.with_lease(Duration::from_millis(1_500));
+        let a = lim.admit(&req("t", &l, true)).await.unwrap_or_else(|r| panic!("slot refused: {r:?}"));
+        std::mem::forget(a);
+    });
+    // Dropping the runtime stops the renewal task, as a killed process would.
+    drop(crashed);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let lim = redis_limiter(&prefix).await;
+        assert_eq!(lim.admit(&req("t", &l, true)).await.err().map(|r| r.kind), Some(LimitKind::Concurrency));
+        let mut back = false;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if lim.admit(&req("t", &l, true)).await.is_ok() {
+                back = true;
+                break;
+            }
+        }
+        assert!(back, "the crashed holder's slot comes back after its lease expires");
+    });
+}
