@@ -65,16 +65,21 @@ async fn load(a: &Authed<impl Send + Sync>, id: &str, action: &str) -> Result<Te
     }
 }
 
+/// Audits a successful read of something belonging to tenant `t`.
+async fn record_read(a: &Authed<impl Send + Sync>, action: &str, t: &Tenant) -> Result<(), ApiError> {
+    let mut e = a.event(action, AuditResult::Success);
+    e.tenant_id = Some(t.id.to_string());
+    e.resource_type = Some(String::from("tenant"));
+    e.resource_id = Some(t.id.to_string());
+    a.record(e).await
+}
+
 /// Reads a tenant: operators any, tenant principals their own.
 #[utoipa::path(get, path = "/v1/tenants/{id}", tag = "tenants", params(("id" = String, Path)), security(("bearer" = []), ("api_key" = [])),
     responses((status = 200, body = TenantView), (status = 404, body = ProblemDoc)))]
 pub async fn get(a: Authed<perm::TenantRead>, Path(id): Path<String>) -> Result<Json<TenantView>, ApiError> {
     let t = load(&a, &id, "tenant.read").await?;
-    let mut e = a.event("tenant.read", AuditResult::Success);
-    e.tenant_id = Some(t.id.to_string());
-    e.resource_type = Some(String::from("tenant"));
-    e.resource_id = Some(t.id.to_string());
-    a.record(e).await?;
+    record_read(&a, "tenant.read", &t).await?;
     Ok(Json(TenantView::from(&t)))
 }
 
@@ -126,11 +131,7 @@ async fn limits_view(a: &Authed<impl Send + Sync>, t: &Tenant) -> Result<LimitsR
     responses((status = 200, body = LimitsResponse), (status = 404, body = ProblemDoc)))]
 pub async fn get_limits(a: Authed<perm::TenantRead>, Path(id): Path<String>) -> Result<Json<LimitsResponse>, ApiError> {
     let t = load(&a, &id, "tenant.limits.read").await?;
-    let mut e = a.event("tenant.limits.read", AuditResult::Success);
-    e.tenant_id = Some(t.id.to_string());
-    e.resource_type = Some(String::from("tenant"));
-    e.resource_id = Some(t.id.to_string());
-    a.record(e).await?;
+    record_read(&a, "tenant.limits.read", &t).await?;
     Ok(Json(limits_view(&a, &t).await?))
 }
 
@@ -159,11 +160,7 @@ pub async fn get_ip_rules(
 ) -> Result<Json<portcullis_core::iplist::IpRules>, ApiError> {
     let t = load(&a, &id, "tenant.ip_rules.read").await?;
     let rules = a.app.guard.store().get_ip_rules(&t.id).await?;
-    let mut e = a.event("tenant.ip_rules.read", AuditResult::Success);
-    e.tenant_id = Some(t.id.to_string());
-    e.resource_type = Some(String::from("tenant"));
-    e.resource_id = Some(t.id.to_string());
-    a.record(e).await?;
+    record_read(&a, "tenant.ip_rules.read", &t).await?;
     Ok(Json(rules))
 }
 
