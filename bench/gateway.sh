@@ -11,6 +11,9 @@
 #
 # Usage: bench/gateway.sh            (ROUNDS=3 DURATION=10s CONNS=64 by default)
 #        ROUNDS=5 DURATION=20s CONNS=128 bench/gateway.sh
+#        VARIANTS="nginx portcullis" C1=0 bench/gateway.sh   (a subset, no one-connection part)
+# Besides throughput and latency it reports the CPU time the Portcullis process spent per
+# request (user + system, from /proc): on a shared machine that moves far less than req/s.
 # Needs: wrk, nginx (Debian packages; installed if missing and running as root), cargo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,6 +67,7 @@ action = "conversation.send"
 TOML
   "$BIN" --config "$dir/portcullis.toml" serve > "$dir/stdout" 2> "$dir/stderr" &
   PIDS+=($!)
+  echo $! > "$dir/pid"
   wait_port "$2"
   local tenant key
   tenant=$("$BIN" --config "$dir/portcullis.toml" --json tenant create bench --tier enterprise | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
@@ -127,22 +131,33 @@ done
 to_ms() { # wrk latency text (e.g. 812.00us, 1.20ms, 1.01s) → milliseconds
   python3 -c 'import re,sys; v=sys.argv[1]; m=re.match(r"([0-9.]+)(us|ms|s)$", v); f={"us":0.001,"ms":1,"s":1000}; print(float(m.group(1))*f[m.group(2)] if m else "nan")' "$1"
 }
+cpu_ticks() { # utime + stime of a process, in clock ticks
+  awk '{print $14 + $15}' "/proc/$1/stat"
+}
+pid_of() { case $1 in portcullis) cat "$WORK/pc/pid";; portcullis+fsync) cat "$WORK/pcf/pid";; *) echo "";; esac; }
 run() { # variant conns duration url [header]
-  local out
+  local out pid before=0 after=0
+  pid=$(pid_of "$1")
+  [ -n "$pid" ] && before=$(cpu_ticks "$pid")
   if [ -n "${5:-}" ]; then
     out=$(wrk -t"$THREADS" -c"$2" -d"$3" --latency -H "$5" "$4" 2>&1)
   else
     out=$(wrk -t"$THREADS" -c"$2" -d"$3" --latency "$4" 2>&1)
   fi
-  local rps p50 p99 errors
+  [ -n "$pid" ] && after=$(cpu_ticks "$pid")
+  local rps p50 p99 errors total cpu_us=nan
+  total=$(awk '/requests in/ {print $1}' <<<"$out")
+  if [ -n "$pid" ] && [ "${total:-0}" -gt 0 ]; then
+    cpu_us=$(python3 -c "import os,sys; print((int(sys.argv[2])-int(sys.argv[1]))/os.sysconf('SC_CLK_TCK')*1e6/int(sys.argv[3]))" "$before" "$after" "$total")
+  fi
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
   p50=$(to_ms "$(awk '$1=="50%" {print $2}' <<<"$out")")
   p99=$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")
   errors=$(awk '/Non-2xx or 3xx responses/ {print $5}' <<<"$out")
-  echo "$1 $rps $p50 $p99 ${errors:-0}" >> "$WORK/results"
+  echo "$1 $rps $p50 $p99 ${errors:-0} $cpu_us" >> "$WORK/results"
 }
 
-VARIANTS=(upstream nginx nginx+auth portcullis portcullis+fsync)
+read -r -a VARIANTS <<<"${VARIANTS:-upstream nginx nginx+auth portcullis portcullis+fsync}"
 url_of() { case $1 in
   upstream) echo "http://127.0.0.1:$UP/";; nginx) echo "http://127.0.0.1:$NG/";;
   nginx+auth) echo "http://127.0.0.1:$NGA/";; portcullis) echo "http://127.0.0.1:$PC/up/";;
@@ -160,6 +175,7 @@ done
 # One connection: what Portcullis adds to the upstream's latency.
 : > "$WORK/c1"
 for r in $(seq 1 "$ROUNDS"); do
+  [ "${C1:-1}" = 1 ] || break
   for v in upstream portcullis; do
     if [ "$v" = portcullis ]; then
       out=$(wrk -t1 -c1 -d5s --latency -H "x-api-key: $KEY" "$(url_of "$v")" 2>&1)
@@ -174,17 +190,20 @@ python3 - "$WORK/results" "$WORK/c1" "$CONNS" "$DURATION" "$ROUNDS" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 by = {}
-for v, rps, p50, p99, errs in rows:
-    by.setdefault(v, []).append((float(rps), float(p50), float(p99), int(errs or 0)))
+for v, rps, p50, p99, errs, cpu in rows:
+    by.setdefault(v, []).append((float(rps), float(p50), float(p99), int(errs or 0), float(cpu)))
 med = {v: (statistics.median(x[0] for x in xs), statistics.median(x[1] for x in xs),
-           statistics.median(x[2] for x in xs), sum(x[3] for x in xs)) for v, xs in by.items()}
-base = med["nginx"][0]
+           statistics.median(x[2] for x in xs), sum(x[3] for x in xs), statistics.median(x[4] for x in xs))
+       for v, xs in by.items()}
+base = med["nginx"][0] if "nginx" in med else 0
 print(f"\nGateway benchmark — wrk {sys.argv[3]} connections × {sys.argv[4]}, median of {sys.argv[5]} rounds")
-print(f"{'variant':<18}{'req/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'× nginx':>10}{'non-2xx':>10}")
+print(f"{'variant':<18}{'req/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'× nginx':>10}{'non-2xx':>10}{'CPU µs/req':>12}")
 for v in ["upstream", "nginx", "nginx+auth", "portcullis", "portcullis+fsync"]:
     if v in med:
-        rps, p50, p99, errs = med[v]
-        print(f"{v:<18}{rps:>12.0f}{p50:>10.3f}{p99:>10.3f}{rps/base:>10.2f}{errs:>10}")
+        rps, p50, p99, errs, cpu = med[v]
+        ratio = f"{rps/base:>10.2f}" if base else f"{'-':>10}"
+        cpu_text = f"{cpu:>12.1f}" if cpu == cpu else f"{'':>12}"
+        print(f"{v:<18}{rps:>12.0f}{p50:>10.3f}{p99:>10.3f}{ratio}{errs:>10}{cpu_text}")
 c1 = {}
 for l in open(sys.argv[2]):
     v, ms = l.split()
