@@ -1,16 +1,25 @@
-//! The group-committing writer. One OS thread with its own single-threaded runtime owns the
-//! chain: file writes and fsyncs block only this thread, never the request workers.
+//! The writer thread, and the index task beside it.
+//!
+//! Events reach the log one of two ways. An edge thread bound with [`AuditLog::bind_thread`]
+//! appends its own (see `lane.rs`). Everywhere else — background tasks, the CLI, the scale-out
+//! shape — they go to one OS thread with its own single-threaded runtime: file writes and fsyncs
+//! block only that thread.
+//!
+//! Two ways to acknowledge (see [`Acknowledge`]): after the JSONL write (embedded: the files are
+//! the durable log and the database is the query index, filled in the background and rebuilt
+//! from the files after a crash), or after the database commit (scale-out: the database is the log).
 use crate::jsonl::{JsonlSink, audit_files};
+use crate::lane::{self, ChainLog};
 use ed25519_dalek::{Signer, SigningKey};
 use portcullis_core::audit::{AuditEvent, AuditRecord, GENESIS_HASH, checkpoint_message};
 use portcullis_store::{AuditStore, ChainSink, Checkpoint};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 /// The audit log could not durably write an event; the request that caused it must be refused.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -32,7 +41,26 @@ pub struct AuditConfig {
     /// This process is the only writer of its chain (guaranteed by the caller, e.g. the serve
     /// lock): the head is kept in memory instead of being read for every batch.
     pub exclusive: bool,
+    /// When an event counts as durable. [`Acknowledge::FileWrite`] needs `exclusive`.
+    pub acknowledge: Acknowledge,
 }
+
+/// When [`AuditLog::record`] returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acknowledge {
+    /// Once the batch is in the JSONL file (and fsynced when `fsync`): the files are the log.
+    /// The database rows follow off the request's path, in larger batches; a crash between the
+    /// two is repaired from the files at the next start ([`recover`]), and a failing database
+    /// is caught up from the files when it returns.
+    FileWrite,
+    /// Once the database transaction holding the batch has committed (the JSONL lines are written
+    /// inside it and taken back if the commit fails).
+    DatabaseCommit,
+}
+
+/// The longest acknowledged records wait before they are written into the query index (rows
+/// gathered over this time go in as one batch).
+const INDEX_DELAY: Duration = Duration::from_millis(20);
 
 struct Job {
     events: Vec<AuditEvent>,
@@ -50,7 +78,30 @@ enum Msg {
 pub struct AuditLog {
     tx: mpsc::Sender<Msg>,
     writer_id: Arc<str>,
-    queued: Arc<AtomicU64>,
+    shared: Arc<Shared>,
+}
+
+/// What the writer publishes to the request side.
+struct Shared {
+    /// Events waiting for the writer thread.
+    queued: AtomicU64,
+    /// Highest acknowledged seq (database-acknowledged shape; the file log keeps its own).
+    durable: AtomicU64,
+    /// Highest seq in the query index.
+    indexed: AtomicU64,
+    /// The file-acknowledged chain, when [`Acknowledge::FileWrite`].
+    log: Option<Arc<ChainLog>>,
+    /// Bumped after every index write, for [`AuditLog::index_caught_up`].
+    index_epoch: watch::Sender<u64>,
+}
+
+impl Shared {
+    fn durable(&self) -> u64 {
+        match &self.log {
+            Some(l) => l.durable.load(Ordering::Acquire),
+            None => self.durable.load(Ordering::Acquire),
+        }
+    }
 }
 
 impl AuditLog {
@@ -62,11 +113,12 @@ impl AuditLog {
     ) -> Result<AuditLog, String> {
         std::fs::create_dir_all(&cfg.dir)
             .map_err(|e| format!("cannot create audit directory {}: {e}", cfg.dir.display()))?;
+        if cfg.acknowledge == Acknowledge::FileWrite && !cfg.exclusive {
+            return Err(String::from("audit: acknowledging at the file write needs an exclusive writer"));
+        }
         let (tx, rx) = mpsc::channel::<Msg>(65_536);
-        let (ready_tx, ready_rx) = oneshot::channel::<Result<(), String>>();
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<Arc<Shared>, String>>();
         let writer_id: Arc<str> = Arc::from(cfg.writer_id.as_str());
-        let queued = Arc::new(AtomicU64::new(0));
-        let q = queued.clone();
         std::thread::Builder::new()
             .name(String::from("audit-writer"))
             .spawn(move || {
@@ -90,28 +142,92 @@ impl AuditLog {
                         let _ = ready_tx.send(Err(e));
                         return;
                     }
-                    let _ = ready_tx.send(Ok(()));
-                    run(cfg, store, sink, rx, q).await;
+                    let head = match store.head(&cfg.writer_id).await {
+                        Ok(h) => h.map(|h| (h.seq, h.hash)).unwrap_or((0, String::from(GENESIS_HASH))),
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(format!("audit database: {e}")));
+                            return;
+                        }
+                    };
+                    let index_wake = Arc::new(Notify::new());
+                    let log = if cfg.acknowledge == Acknowledge::FileWrite {
+                        match ChainLog::new(
+                            cfg.writer_id.clone(),
+                            cfg.dir.clone(),
+                            cfg.fsync,
+                            index_wake.clone(),
+                            head.clone(),
+                        ) {
+                            Ok(l) => Some(l),
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(e));
+                                return;
+                            }
+                        }
+                    } else {
+                        None
+                    };
+                    let shared = Arc::new(Shared {
+                        queued: AtomicU64::new(0),
+                        durable: AtomicU64::new(head.0),
+                        indexed: AtomicU64::new(head.0),
+                        log,
+                        index_epoch: watch::Sender::new(0),
+                    });
+                    let _ = ready_tx.send(Ok(shared.clone()));
+                    run(cfg, store, sink, rx, shared, index_wake, head).await;
                 });
             })
             .map_err(|e| format!("cannot start audit writer: {e}"))?;
-        ready_rx.await.map_err(|_| String::from("audit writer stopped during start"))??;
-        Ok(AuditLog { tx, writer_id, queued })
+        let shared = ready_rx.await.map_err(|_| String::from("audit writer stopped during start"))??;
+        Ok(AuditLog { tx, writer_id, shared })
     }
 
     pub fn writer_id(&self) -> &str {
         &self.writer_id
     }
 
-    /// Events waiting for the writer (a gauge for `/metrics`).
-    pub fn queue_depth(&self) -> u64 {
-        self.queued.load(Ordering::Relaxed)
+    /// Whether threads may append their own events ([`AuditLog::bind_thread`]).
+    pub fn appends_in_place(&self) -> bool {
+        self.shared.log.is_some()
     }
 
-    /// Returns once the event is durably in the database and the JSONL file.
-    /// Writes everything queued before it, signs a final checkpoint of the head, and stops the
-    /// writer. Call once at shutdown and await it before the process exits; later `record` calls
-    /// fail with [`AuditUnavailable`].
+    /// Makes the calling thread append the events recorded on it itself, in batches, instead of
+    /// handing them to the writer thread. For a thread that runs a current-thread runtime (an
+    /// edge thread), once at its start.
+    pub fn bind_thread(&self) -> Result<(), String> {
+        let log =
+            self.shared.log.as_ref().ok_or_else(|| String::from("this audit log is acknowledged by the database"))?;
+        lane::bind(log.clone());
+        Ok(())
+    }
+
+    /// Events waiting for the writer (a gauge for `/metrics`).
+    pub fn queue_depth(&self) -> u64 {
+        self.shared.queued.load(Ordering::Relaxed)
+    }
+
+    /// Waits (at most `limit`) until the query index holds every event acknowledged before this
+    /// call, so a reader sees its own writes. Returns false if the index did not catch up in time
+    /// (the database is failing; the events are safe in the files).
+    pub async fn index_caught_up(&self, limit: Duration) -> bool {
+        let target = self.shared.durable();
+        let mut epoch = self.shared.index_epoch.subscribe();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if self.shared.indexed.load(Ordering::Acquire) >= target {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, epoch.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return self.shared.indexed.load(Ordering::Acquire) >= target,
+            }
+        }
+    }
+
+    /// Writes everything queued before it, indexes it, signs a final checkpoint of the head, and
+    /// stops the writer. Call once at shutdown, after the edge threads have stopped, and await it
+    /// before the process exits; later `record` calls fail with [`AuditUnavailable`].
     pub async fn shutdown(&self) {
         let (done, wait) = oneshot::channel();
         if self.tx.send(Msg::Shutdown(done)).await.is_ok() {
@@ -119,66 +235,68 @@ impl AuditLog {
         }
     }
 
+    /// Returns once the event is durable (see [`Acknowledge`]).
     pub async fn record(&self, event: AuditEvent) -> Result<(), AuditUnavailable> {
         self.record_all(vec![event]).await
     }
 
     pub async fn record_all(&self, events: Vec<AuditEvent>) -> Result<(), AuditUnavailable> {
+        let events = match lane::push(events) {
+            Ok(wait) => {
+                return wait.await.map_err(|_| AuditUnavailable(String::from("audit log stopped")))?;
+            }
+            Err(events) => events,
+        };
         let (done, wait) = oneshot::channel();
         let n = events.len() as u64;
-        self.queued.fetch_add(n, Ordering::Relaxed);
+        self.shared.queued.fetch_add(n, Ordering::Relaxed);
         if self.tx.send(Msg::Append(Job { events, done })).await.is_err() {
-            self.queued.fetch_sub(n, Ordering::Relaxed);
+            self.shared.queued.fetch_sub(n, Ordering::Relaxed);
             return Err(AuditUnavailable(String::from("audit writer stopped")));
         }
         wait.await.map_err(|_| AuditUnavailable(String::from("audit writer stopped")))?
     }
 }
 
+/// What the log task tells the index task after each database-acknowledged batch.
+enum IndexMsg {
+    /// The new head (the database holds the records already).
+    Committed { head_seq: u64, head_hash: String },
+    /// Index everything, sign the head, then answer.
+    Stop(oneshot::Sender<()>),
+}
+
+/// The log task: takes queued events, makes them durable, answers the waiters. It never waits
+/// for the query index or a checkpoint — those run beside it in [`index_task`].
 async fn run(
     cfg: AuditConfig,
     store: Arc<dyn AuditStore>,
     sink: JsonlSink,
     mut rx: mpsc::Receiver<Msg>,
-    queued: Arc<AtomicU64>,
+    shared: Arc<Shared>,
+    index_wake: Arc<Notify>,
+    head: (u64, String),
 ) {
-    let signer = SigningKey::from_bytes(&cfg.signing_key);
-    let mut last_cp_seq = store
-        .checkpoints()
-        .await
-        .ok()
-        .and_then(|cps| cps.iter().filter(|c| c.writer_id == cfg.writer_id).map(|c| c.seq).max())
-        .unwrap_or(0);
-    let mut last_cp_at = Instant::now();
-    let start_head = store.head(&cfg.writer_id).await.ok().flatten();
-    let mut head_seq = start_head.as_ref().map(|h| h.seq).unwrap_or(0);
-    let mut head_hash = start_head.as_ref().map(|h| h.hash.clone()).unwrap_or_default();
     // The head as last committed by us (exclusive writers only; `None` = read it per batch).
-    let mut known: Option<portcullis_store::ChainHead> =
-        if cfg.exclusive { Some(start_head.unwrap_or_else(|| genesis(&cfg.writer_id))) } else { None };
+    let mut known: Option<portcullis_store::ChainHead> = cfg.exclusive.then(|| portcullis_store::ChainHead {
+        writer_id: cfg.writer_id.clone(),
+        seq: head.0,
+        hash: head.1.clone(),
+    });
+    let (index_tx, index_rx) = mpsc::unbounded_channel::<IndexMsg>();
+    let cfg = Arc::new(cfg);
+    let indexer = tokio::spawn(index_task(cfg.clone(), store.clone(), index_rx, index_wake, shared.clone(), head));
     let mut jobs: Vec<Job> = Vec::with_capacity(cfg.max_batch);
     let mut stopped: Option<oneshot::Sender<()>> = None;
-    loop {
-        let first = match tokio::time::timeout(cfg.checkpoint_interval, rx.recv()).await {
-            Ok(Some(Msg::Append(job))) => Some(job),
-            Ok(Some(Msg::Shutdown(done))) => {
+    while stopped.is_none() {
+        let Some(first) = rx.recv().await else { break };
+        match first {
+            Msg::Append(job) => jobs.push(job),
+            Msg::Shutdown(done) => {
                 stopped = Some(done);
-                None
+                break;
             }
-            Ok(None) => None,
-            Err(_) => {
-                // Idle: make sure the tail of the chain is covered by a signed checkpoint.
-                if head_seq > last_cp_seq && !head_hash.is_empty() {
-                    if checkpoint(&cfg, &signer, store.as_ref(), &sink, head_seq, &head_hash).await {
-                        last_cp_seq = head_seq;
-                    }
-                    last_cp_at = Instant::now();
-                }
-                continue;
-            }
-        };
-        let Some(first) = first else { break };
-        jobs.push(first);
+        }
         let mut n_events = jobs.iter().map(|j| j.events.len()).sum::<usize>();
         while n_events < cfg.max_batch && stopped.is_none() {
             match rx.try_recv() {
@@ -191,17 +309,22 @@ async fn run(
             }
         }
         let events: Vec<AuditEvent> = jobs.iter_mut().flat_map(|j| std::mem::take(&mut j.events)).collect();
-        queued.fetch_sub(events.len() as u64, Ordering::Relaxed);
-        let outcome = store.append(&cfg.writer_id, known.as_ref(), events, &sink as &dyn ChainSink).await;
-        let answer = match &outcome {
+        shared.queued.fetch_sub(events.len() as u64, Ordering::Relaxed);
+        if let Some(log) = &shared.log {
+            // One waiter per job; the log answers them (with fsync, from its syncer).
+            log.append(events, jobs.drain(..).map(|j| j.done).collect());
+            continue;
+        }
+        metrics::histogram!("portcullis_audit_batch_events").record(events.len() as f64);
+        let answer = match store.append(&cfg.writer_id, known.as_ref(), events, &sink as &dyn ChainSink).await {
             Ok(records) => {
+                if let (Some(last), Some(k)) = (records.last(), known.as_mut()) {
+                    k.seq = last.seq;
+                    k.hash.clone_from(&last.hash);
+                }
                 if let Some(last) = records.last() {
-                    head_seq = last.seq;
-                    head_hash.clone_from(&last.hash);
-                    if let Some(k) = known.as_mut() {
-                        k.seq = last.seq;
-                        k.hash.clone_from(&last.hash);
-                    }
+                    shared.durable.store(last.seq, Ordering::Release);
+                    let _ = index_tx.send(IndexMsg::Committed { head_seq: last.seq, head_hash: last.hash.clone() });
                 }
                 Ok(())
             }
@@ -213,34 +336,143 @@ async fn run(
         for job in jobs.drain(..) {
             let _ = job.done.send(answer.clone());
         }
-        if answer.is_ok()
-            && (head_seq >= last_cp_seq + cfg.checkpoint_every
-                || (last_cp_at.elapsed() >= cfg.checkpoint_interval && head_seq > last_cp_seq))
-        {
-            if checkpoint(&cfg, &signer, store.as_ref(), &sink, head_seq, &head_hash).await {
-                last_cp_seq = head_seq;
-            }
-            last_cp_at = Instant::now();
-        }
-        if stopped.is_some() {
-            break;
-        }
-    }
-    if head_seq > last_cp_seq && !head_hash.is_empty() {
-        checkpoint(&cfg, &signer, store.as_ref(), &sink, head_seq, &head_hash).await;
     }
     rx.close();
+    let (done_tx, done_rx) = oneshot::channel();
+    if index_tx.send(IndexMsg::Stop(done_tx)).is_ok() {
+        let _ = done_rx.await;
+    }
+    let _ = indexer.await;
+    if let Some(log) = &shared.log {
+        log.close();
+    }
     if let Some(done) = stopped {
         let _ = done.send(());
     }
 }
 
-fn genesis(writer_id: &str) -> portcullis_store::ChainHead {
-    portcullis_store::ChainHead { writer_id: writer_id.to_owned(), seq: 0, hash: String::from(GENESIS_HASH) }
+/// The index task: writes acknowledged records into the query index in large batches (at most
+/// [`INDEX_DELAY`] behind the log), and signs checkpoints of heads the index holds (a checkpoint
+/// is stored in the database too, so it may only name a seq the database has).
+///
+/// When the database fails, the pending rows are dropped from memory (they are in the files)
+/// and the index is rebuilt from the files once the database answers again, exactly as after a
+/// crash ([`recover`]).
+async fn index_task(
+    cfg: Arc<AuditConfig>,
+    store: Arc<dyn AuditStore>,
+    mut rx: mpsc::UnboundedReceiver<IndexMsg>,
+    wake: Arc<Notify>,
+    shared: Arc<Shared>,
+    start: (u64, String),
+) {
+    let sink = JsonlSink::new(cfg.dir.clone(), cfg.fsync);
+    let signer = SigningKey::from_bytes(&cfg.signing_key);
+    let mut last_cp_seq = store
+        .checkpoints()
+        .await
+        .ok()
+        .and_then(|cps| cps.iter().filter(|c| c.writer_id == cfg.writer_id).map(|c| c.seq).max())
+        .unwrap_or(0);
+    let mut last_cp_at = Instant::now();
+    let mut pending: Vec<AuditRecord> = Vec::new();
+    let mut indexed_seq = start.0;
+    // The newest acknowledged record this task knows of.
+    let mut head = start;
+    let mut broken = false;
+    let mut due: Option<Instant> = None;
+    let mut stop: Option<oneshot::Sender<()>> = None;
+    loop {
+        let wait = due.map(|d| d.saturating_duration_since(Instant::now())).unwrap_or(cfg.checkpoint_interval);
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(IndexMsg::Committed { head_seq, head_hash }) => {
+                    // The database committed them before they were acknowledged.
+                    head = (head_seq, head_hash);
+                    indexed_seq = head_seq;
+                    shared.indexed.store(indexed_seq, Ordering::Release);
+                    shared.index_epoch.send_modify(|e| *e = e.wrapping_add(1));
+                    if due.is_none() {
+                        due = Some(Instant::now() + INDEX_DELAY);
+                    }
+                    continue;
+                }
+                Some(IndexMsg::Stop(done)) => stop = Some(done),
+                None => break,
+            },
+            () = wake.notified() => {
+                if due.is_none() {
+                    due = Some(Instant::now() + INDEX_DELAY);
+                }
+                continue;
+            }
+            () = tokio::time::sleep(wait) => {}
+        }
+        due = None;
+        if let Some(log) = &shared.log {
+            let records = std::mem::take(&mut *log.to_index.lock().unwrap_or_else(PoisonError::into_inner));
+            if let Some(last) = records.last() {
+                head = (last.seq, last.hash.clone());
+            }
+            if !broken {
+                pending.extend(records.into_iter().filter(|r| r.seq > indexed_seq));
+            }
+            if broken {
+                match recover(store.as_ref(), &sink, &cfg.writer_id).await {
+                    Ok(()) => {
+                        tracing::info!("audit query index caught up from the files");
+                        broken = false;
+                        pending.clear();
+                        if let Ok(Some(h)) = store.head(&cfg.writer_id).await {
+                            indexed_seq = h.seq;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "audit query index still behind the files"),
+                }
+            } else if !pending.is_empty() {
+                let started = Instant::now();
+                match store.import(&pending).await {
+                    Ok(()) => {
+                        indexed_seq = pending.last().map_or(indexed_seq, |r| r.seq);
+                        pending.clear();
+                        metrics::histogram!("portcullis_audit_index_seconds").record(started.elapsed().as_secs_f64());
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "audit query index not written; the files keep the events, the index is rebuilt from them");
+                        metrics::counter!("portcullis_audit_index_failures_total").increment(1);
+                        pending.clear();
+                        broken = true;
+                    }
+                }
+            }
+            shared.indexed.store(indexed_seq, Ordering::Release);
+            shared.index_epoch.send_modify(|e| *e = e.wrapping_add(1));
+        }
+        // Sign the head when enough records or enough time passed since the last checkpoint, and
+        // always at stop — but only a head the database holds.
+        let covered = indexed_seq == head.0 && head.0 > 0;
+        let wanted = indexed_seq > last_cp_seq
+            && (stop.is_some()
+                || indexed_seq >= last_cp_seq + cfg.checkpoint_every
+                || last_cp_at.elapsed() >= cfg.checkpoint_interval);
+        if covered && wanted {
+            if checkpoint(&cfg.writer_id, &signer, store.as_ref(), &sink, head.0, &head.1).await {
+                last_cp_seq = head.0;
+            }
+            last_cp_at = Instant::now();
+        }
+        if broken || (wanted && !covered) {
+            due = Some(Instant::now() + Duration::from_secs(1).min(cfg.checkpoint_interval));
+        }
+        if let Some(done) = stop.take() {
+            let _ = done.send(());
+            break;
+        }
+    }
 }
 
 async fn checkpoint(
-    cfg: &AuditConfig,
+    writer_id: &str,
     signer: &SigningKey,
     store: &dyn AuditStore,
     sink: &JsonlSink,
@@ -248,9 +480,9 @@ async fn checkpoint(
     hash: &str,
 ) -> bool {
     let timestamp = portcullis_core::timefmt::rfc3339_ms(now_ms());
-    let sig = signer.sign(&checkpoint_message(&cfg.writer_id, seq, hash, &timestamp));
+    let sig = signer.sign(&checkpoint_message(writer_id, seq, hash, &timestamp));
     let cp = Checkpoint {
-        writer_id: cfg.writer_id.clone(),
+        writer_id: writer_id.to_owned(),
         seq,
         hash: hash.to_owned(),
         timestamp,

@@ -42,6 +42,7 @@ fn env(fsync: bool) -> Env {
                 checkpoint_interval: Duration::from_secs(60),
                 max_batch: 4096,
                 exclusive: true,
+                acknowledge: portcullis_audit::Acknowledge::FileWrite,
             },
             move || {
                 Box::pin(async move {

@@ -157,9 +157,39 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(routes::router()).split_for_parts()
 }
 
+/// What the server runs: the admin API router (with its layers) and, beside it, the data plane's
+/// direct path for requests that match a proxy route.
+#[derive(Clone)]
+pub struct Gateway {
+    pub router: Router,
+    state: AppState,
+}
+
+impl Gateway {
+    /// The route a request to `path` is proxied on, when the data plane's own path may take it.
+    /// With CORS configured, browser requests (those with an `Origin`) go through the router,
+    /// whose CORS layer must see them.
+    pub(crate) fn direct_route(&self, req: &hyper::Request<hyper::body::Incoming>) -> Option<Arc<proxy::Route>> {
+        let route = self.state.routes.find(req.uri().path())?;
+        if self.state.settings.cors.is_some() && req.headers().contains_key(axum::http::header::ORIGIN) {
+            return None;
+        }
+        Some(route.clone())
+    }
+
+    pub(crate) fn state(&self) -> &AppState {
+        &self.state
+    }
+}
+
 /// The whole application: API routes, `/openapi.json`, fallback, and the layers every response
 /// passes through (outermost last).
-pub fn app(guard: Arc<Guard>, audit: Arc<dyn AuditStore>, settings: HttpSettings, routes: proxy::RouteTable) -> Router {
+pub fn app(
+    guard: Arc<Guard>,
+    audit: Arc<dyn AuditStore>,
+    settings: HttpSettings,
+    routes: proxy::RouteTable,
+) -> Gateway {
     let (api, doc) = api();
     let openapi_json = Arc::new(doc.to_json().unwrap_or_else(|_| String::from("{}")));
     let state = AppState {
@@ -172,7 +202,8 @@ pub fn app(guard: Arc<Guard>, audit: Arc<dyn AuditStore>, settings: HttpSettings
         tenant_labels: Arc::new(metrics::TenantLabels::default()),
     };
     // Anything that is not an API route is matched against the configured proxy routes.
-    api.route("/openapi.json", axum::routing::get(routes::openapi_json))
+    let router = api
+        .route("/openapi.json", axum::routing::get(routes::openapi_json))
         // Time limit for API handlers (408). Added before the fallback on purpose: proxied
         // requests have their route's own timeouts and may stream for long.
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -187,5 +218,6 @@ pub fn app(guard: Arc<Guard>, audit: Arc<dyn AuditStore>, settings: HttpSettings
         .layer(tower_http::limit::RequestBodyLimitLayer::new(settings.max_body_bytes))
         // CORS answers preflights before authentication (browsers send them without credentials).
         .layer(tower::util::option_layer(settings.cors.clone()))
-        .layer(axum::middleware::from_fn_with_state(state, middleware::edge))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::edge));
+    Gateway { router, state }
 }

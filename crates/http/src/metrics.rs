@@ -13,19 +13,33 @@ pub const MAX_TENANT_LABELS: usize = 1000;
 const BUCKETS: &[f64] =
     &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
+/// Events per audit group commit.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0];
+
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the process-wide recorder once; later calls return the same handle.
 pub fn install() -> Option<PrometheusHandle> {
     HANDLE
-        .get_or_init(|| match PrometheusBuilder::new().set_buckets(BUCKETS).and_then(|b| b.install_recorder()) {
-            Ok(h) => {
-                describe();
-                Some(h)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics recorder not installed");
-                None
+        .get_or_init(|| {
+            match PrometheusBuilder::new()
+                .set_buckets(BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full(String::from("portcullis_audit_batch_events")),
+                        BATCH_BUCKETS,
+                    )
+                })
+                .and_then(|b| b.install_recorder())
+            {
+                Ok(h) => {
+                    describe();
+                    Some(h)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics recorder not installed");
+                    None
+                }
             }
         })
         .clone()
@@ -42,6 +56,16 @@ fn describe() {
     describe_counter!("portcullis_limit_rejections_total", "Requests refused by a limit, by kind.");
     describe_gauge!("portcullis_in_flight_requests", "Proxied requests whose response is still streaming, by tenant.");
     describe_histogram!("portcullis_audit_write_seconds", Unit::Seconds, "Time until an audit event is durable.");
+    describe_histogram!("portcullis_audit_batch_events", "Audit events written together in one group commit.");
+    describe_histogram!(
+        "portcullis_audit_index_seconds",
+        Unit::Seconds,
+        "Time to write a batch of acknowledged events into the query index."
+    );
+    describe_counter!(
+        "portcullis_audit_index_failures_total",
+        "Query-index writes that failed (the events are in the files; the index is rebuilt from them)."
+    );
     describe_counter!("portcullis_audit_failures_total", "Audit writes that failed (their requests were refused).");
     describe_gauge!("portcullis_audit_queue_depth", "Audit events waiting for the writer.");
     describe_counter!("portcullis_auth_failures_total", "Rejected credentials, by reason.");

@@ -44,82 +44,124 @@ fn security_headers(h: &mut HeaderMap) {
     set(h, header::CACHE_CONTROL, "no-store");
 }
 
-pub async fn edge(State(app): State<crate::AppState>, mut req: Request, next: Next) -> Response {
-    let request_id = req
-        .headers()
-        .get(&X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| valid_request_id(v))
-        .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
-    let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
-    // Every X-Forwarded-For line, in order: a proxy may add its own line instead of appending, and
-    // a client's forged line must not be the only one read.
-    let forwarded = forwarded_for(req.headers());
-    let client = peer.map(|p| client_ip(p, forwarded.as_deref(), &app.settings.trusted_proxies));
-    let ip = client.map(|c| c.to_string());
-    let user_agent =
-        req.headers().get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(|s| s.chars().take(512).collect());
-    let meta = RequestMeta { request_id: request_id.clone(), ip, user_agent };
-    req.extensions_mut().insert(meta.clone());
-    let started = std::time::Instant::now();
-    let tenant_cell = TenantCell::default();
-    req.extensions_mut().insert(tenant_cell.clone());
-    let matched = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
+/// The edge's view of one request: opened before anything else runs, closed on the response.
+/// The axum layer ([`edge`]) and the data plane's own path both go through it, so every response
+/// gets the same request id, security headers, problem rendering and metrics.
+pub(crate) struct EdgeCtx {
+    pub meta: RequestMeta,
+    pub tenant: TenantCell,
+    started: std::time::Instant,
+    matched: Option<String>,
+    smuggling: bool,
+    verdict: IpVerdict,
+}
 
-    let verdict = client.map(|c| app.settings.global_ip.check(c)).unwrap_or(IpVerdict::Allowed);
-
-    let smuggling =
-        req.headers().contains_key(header::CONTENT_LENGTH) && req.headers().contains_key(header::TRANSFER_ENCODING);
-    let mut res = if verdict != IpVerdict::Allowed {
-        let mut e = app.guard.event(&meta, "ip.denied", AuditResult::Denied);
-        e.reason = Some(String::from(if verdict == IpVerdict::Blocked {
-            "global_ip_blocked"
-        } else {
-            "global_ip_not_allowed"
-        }));
-        match app.guard.record(e).await {
-            Ok(()) => ApiError::Forbidden(String::from("the client address is not allowed")).into_response(),
-            Err(err) => ApiError::from(err).into_response(),
+impl EdgeCtx {
+    pub(crate) fn begin(
+        app: &crate::AppState,
+        headers: &HeaderMap,
+        peer: Option<std::net::IpAddr>,
+        matched: Option<String>,
+    ) -> EdgeCtx {
+        let request_id = headers
+            .get(&X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| valid_request_id(v))
+            .map(str::to_owned)
+            .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
+        // Every X-Forwarded-For line, in order: a proxy may add its own line instead of
+        // appending, and a client's forged line must not be the only one read.
+        let client = peer.map(|p| {
+            if app.settings.trusted_proxies.contains(p) {
+                client_ip(p, forwarded_for(headers).as_deref(), &app.settings.trusted_proxies)
+            } else {
+                p
+            }
+        });
+        let user_agent =
+            headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(|s| s.chars().take(512).collect());
+        let verdict = client.map(|c| app.settings.global_ip.check(c)).unwrap_or(IpVerdict::Allowed);
+        let smuggling = headers.contains_key(header::CONTENT_LENGTH) && headers.contains_key(header::TRANSFER_ENCODING);
+        EdgeCtx {
+            meta: RequestMeta { request_id, ip: client.map(|c| c.to_string()), user_agent },
+            tenant: TenantCell::default(),
+            started: std::time::Instant::now(),
+            matched,
+            smuggling,
+            verdict,
         }
-    } else if smuggling {
-        ApiError::BadRequest(String::from(
-            "Content-Length and Transfer-Encoding together are refused (request smuggling)",
-        ))
-        .into_response()
-    } else {
-        next.run(req).await
-    };
+    }
 
-    let status = res.status();
-    let proxied = res.extensions().get::<crate::proxy::Proxied>().is_some();
-    let problem = res.extensions_mut().remove::<Problem>();
-    let is_problem_json =
-        res.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
-    if problem.is_some() || (status.as_u16() >= 400 && !is_problem_json && !proxied) {
-        let p = problem.unwrap_or_else(|| generic_problem(status));
-        let (mut parts, _) = res.into_parts();
-        parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
-        parts.headers.remove(header::CONTENT_LENGTH);
-        res = Response::from_parts(parts, Body::from(problem_body(status, &p, &request_id)));
+    /// The edge's own refusals, before any route runs: a client address the global lists do not
+    /// allow (audited), and Content-Length with Transfer-Encoding (request smuggling).
+    pub(crate) async fn refusal(&self, app: &crate::AppState) -> Option<Response> {
+        if self.verdict != IpVerdict::Allowed {
+            let mut e = app.guard.event(&self.meta, "ip.denied", AuditResult::Denied);
+            e.reason = Some(String::from(if self.verdict == IpVerdict::Blocked {
+                "global_ip_blocked"
+            } else {
+                "global_ip_not_allowed"
+            }));
+            return Some(match app.guard.record(e).await {
+                Ok(()) => ApiError::Forbidden(String::from("the client address is not allowed")).into_response(),
+                Err(err) => ApiError::from(err).into_response(),
+            });
+        }
+        if self.smuggling {
+            return Some(
+                ApiError::BadRequest(String::from(
+                    "Content-Length and Transfer-Encoding together are refused (request smuggling)",
+                ))
+                .into_response(),
+            );
+        }
+        None
     }
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        res.headers_mut().insert(X_REQUEST_ID.clone(), v);
+
+    pub(crate) fn finish(self, app: &crate::AppState, mut res: Response) -> Response {
+        let status = res.status();
+        let proxied = res.extensions().get::<crate::proxy::Proxied>().is_some();
+        let problem = res.extensions_mut().remove::<Problem>();
+        let is_problem_json = res
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+        if problem.is_some() || (status.as_u16() >= 400 && !is_problem_json && !proxied) {
+            let p = problem.unwrap_or_else(|| generic_problem(status));
+            let (mut parts, _) = res.into_parts();
+            parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+            parts.headers.remove(header::CONTENT_LENGTH);
+            res = Response::from_parts(parts, Body::from(problem_body(status, &p, &self.meta.request_id)));
+        }
+        if let Ok(v) = HeaderValue::from_str(&self.meta.request_id) {
+            res.headers_mut().insert(X_REQUEST_ID.clone(), v);
+        }
+        let route = match res.extensions_mut().remove::<RouteLabel>() {
+            Some(r) => r.0,
+            None => self.matched.unwrap_or_else(|| String::from("unmatched")),
+        };
+        let tenant = self.tenant.0.get().map(|t| app.tenant_labels.label(t)).unwrap_or_else(|| String::from("none"));
+        metrics::counter!("portcullis_requests_total", "route" => route.clone(), "status" => status.as_str().to_owned(), "tenant" => tenant)
+            .increment(1);
+        metrics::histogram!("portcullis_request_duration_seconds", "route" => route)
+            .record(self.started.elapsed().as_secs_f64());
+        security_headers(res.headers_mut());
+        if self.smuggling {
+            res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        res
     }
-    let route = res
-        .extensions()
-        .get::<RouteLabel>()
-        .map(|r| r.0.clone())
-        .or(matched)
-        .unwrap_or_else(|| String::from("unmatched"));
-    let tenant = tenant_cell.0.get().map(|t| app.tenant_labels.label(t)).unwrap_or_else(|| String::from("none"));
-    metrics::counter!("portcullis_requests_total", "route" => route.clone(), "status" => status.as_str().to_owned(), "tenant" => tenant)
-        .increment(1);
-    metrics::histogram!("portcullis_request_duration_seconds", "route" => route)
-        .record(started.elapsed().as_secs_f64());
-    security_headers(res.headers_mut());
-    if smuggling {
-        res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    res
+}
+
+pub async fn edge(State(app): State<crate::AppState>, mut req: Request, next: Next) -> Response {
+    let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
+    let matched = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
+    let ctx = EdgeCtx::begin(&app, req.headers(), peer, matched);
+    req.extensions_mut().insert(ctx.meta.clone());
+    req.extensions_mut().insert(ctx.tenant.clone());
+    let res = match ctx.refusal(&app).await {
+        Some(r) => r,
+        None => next.run(req).await,
+    };
+    ctx.finish(&app, res)
 }

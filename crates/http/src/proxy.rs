@@ -8,7 +8,7 @@
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{credential_from, meta_from};
-use crate::metrics::{InFlight, RouteLabel};
+use crate::metrics::{InFlight, RouteLabel, TenantCell};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri, header};
@@ -107,10 +107,38 @@ impl RouteConfig {
 
 pub struct Route {
     pub cfg: RouteConfig,
+    /// Position in the table: the key of this route's upstream connection in [`ConnUpstreams`].
+    id: usize,
     authority: String,
+    host: HeaderValue,
     base_path: String,
-    /// Keep-alive pool to this route's upstream, with the route's connect timeout.
+    /// Keep-alive pool to this route's upstream, with the route's connect timeout; used by
+    /// requests that cannot use their client connection's own upstream connection (HTTP/2).
     client: UpstreamClient,
+}
+
+/// The upstream connections of one client connection, one per route it has used. An HTTP/1
+/// client connection carries one request at a time, so its upstream connection is never shared
+/// and needs no pool: no pool lock, no checkout, and the upstream connection's task runs on the
+/// same edge thread as the client connection (measured: the shape that keeps up with nginx).
+#[derive(Default)]
+pub struct ConnUpstreams {
+    senders: std::sync::Mutex<Vec<(usize, UpstreamSender)>>,
+}
+
+type UpstreamSender = hyper::client::conn::http1::SendRequest<Body>;
+
+impl ConnUpstreams {
+    fn take(&self, route: usize) -> Option<UpstreamSender> {
+        let mut s = self.senders.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let at = s.iter().position(|(r, _)| *r == route)?;
+        Some(s.swap_remove(at).1)
+    }
+
+    fn put(&self, route: usize, sender: UpstreamSender) {
+        let mut s = self.senders.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        s.push((route, sender));
+    }
 }
 
 /// Routes by longest prefix first.
@@ -122,13 +150,15 @@ pub struct RouteTable {
 impl RouteTable {
     pub fn new(configs: &[RouteConfig]) -> Result<Self, String> {
         let mut routes = Vec::with_capacity(configs.len());
-        for c in configs {
+        for (id, c) in configs.iter().enumerate() {
             c.validate()?;
             let uri: Uri = c.upstream.parse().map_err(|_| format!("upstream `{}` is not a URL", c.upstream))?;
             let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
+            let host = HeaderValue::from_str(&authority)
+                .map_err(|_| format!("upstream `{}` has an invalid host", c.upstream))?;
             let base_path = uri.path().trim_end_matches('/').to_owned();
             let client = client(Duration::from_secs(c.connect_timeout_secs));
-            routes.push(Arc::new(Route { cfg: c.clone(), authority, base_path, client }));
+            routes.push(Arc::new(Route { cfg: c.clone(), id, authority, host, base_path, client }));
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.cfg.prefix.len()));
         Ok(Self { routes })
@@ -147,10 +177,12 @@ impl RouteTable {
 }
 
 impl Route {
-    fn upstream_uri(&self, uri: &Uri) -> Result<Uri, ApiError> {
+    /// The upstream target in origin form (`/base/rest?query`).
+    fn upstream_path(&self, uri: &Uri) -> Result<Uri, ApiError> {
         let path = uri.path();
-        let rest = if self.cfg.strip_prefix { &path[self.cfg.prefix.len().min(path.len())..] } else { path };
-        let mut target = format!("http://{}{}", self.authority, self.base_path);
+        let rest = path.get(self.cfg.prefix.len()..).filter(|_| self.cfg.strip_prefix).unwrap_or(path);
+        let mut target = String::with_capacity(self.base_path.len() + rest.len() + 2 + uri.query().map_or(0, str::len));
+        target.push_str(&self.base_path);
         if !rest.starts_with('/') {
             target.push('/');
         }
@@ -160,6 +192,103 @@ impl Route {
             target.push_str(q);
         }
         target.parse().map_err(|_| ApiError::BadRequest(String::from("request path cannot be forwarded")))
+    }
+
+    /// Sends over the client connection's own upstream connection when it has one that is free
+    /// (opening it on first use), otherwise through the route's pool.
+    async fn send(
+        &self,
+        conn: Option<&ConnUpstreams>,
+        mut req: axum::http::Request<Body>,
+    ) -> Result<axum::http::Response<hyper::body::Incoming>, UpstreamFailure> {
+        let Some(conn) = conn else { return self.send_pooled(req).await };
+        let mut sender = match conn.take(self.id) {
+            Some(mut s) => match std::future::poll_fn(|cx| Poll::Ready(s.poll_ready(cx))).await {
+                Poll::Ready(Ok(())) => s,
+                // Closed by the upstream since the last request: open another.
+                Poll::Ready(Err(_)) => self.connect().await?,
+                // Still busy (a multiplexed client); do not wait for it.
+                Poll::Pending => {
+                    conn.put(self.id, s);
+                    return self.send_pooled(req).await;
+                }
+            },
+            None => self.connect().await?,
+        };
+        let outcome = match sender.try_send_request(req).await {
+            Ok(res) => Ok(res),
+            Err(mut e) => match e.take_message() {
+                // Never written: the connection closed in between. Once more on a fresh one.
+                Some(again) => {
+                    req = again;
+                    sender = self.connect().await?;
+                    sender.send_request(req).await.map_err(|e| UpstreamFailure::from_error(&e))
+                }
+                None => Err(UpstreamFailure::from_error(e.error())),
+            },
+        };
+        conn.put(self.id, sender);
+        outcome
+    }
+
+    async fn send_pooled(
+        &self,
+        mut req: axum::http::Request<Body>,
+    ) -> Result<axum::http::Response<hyper::body::Incoming>, UpstreamFailure> {
+        let mut absolute = String::with_capacity(self.authority.len() + 64);
+        absolute.push_str("http://");
+        absolute.push_str(&self.authority);
+        absolute.push_str(req.uri().path_and_query().map_or("/", |p| p.as_str()));
+        *req.uri_mut() = absolute.parse().map_err(|_| UpstreamFailure::Unreachable)?;
+        self.client.request(req).await.map_err(|e| UpstreamFailure::from_error(&e))
+    }
+
+    async fn connect(&self) -> Result<UpstreamSender, UpstreamFailure> {
+        let limit = Duration::from_secs(self.cfg.connect_timeout_secs);
+        let stream = match tokio::time::timeout(limit, tokio::net::TcpStream::connect(&self.authority)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, route = %self.cfg.prefix, "upstream connection failed");
+                return Err(UpstreamFailure::Unreachable);
+            }
+            Err(_) => {
+                tracing::warn!(route = %self.cfg.prefix, "upstream connection timed out");
+                return Err(UpstreamFailure::Unreachable);
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = hyper::client::conn::http1::Builder::new()
+            .handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| UpstreamFailure::from_error(&e))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// Why a request did not get an upstream response.
+#[derive(Debug)]
+enum UpstreamFailure {
+    /// Our own body-size limit cut the request body while it streamed.
+    BodyTooLarge,
+    Unreachable,
+}
+
+impl UpstreamFailure {
+    fn from_error(e: &(dyn std::error::Error + 'static)) -> Self {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(s) = source {
+            if s.is::<http_body_util::LengthLimitError>() {
+                return UpstreamFailure::BodyTooLarge;
+            }
+            source = s.source();
+        }
+        tracing::warn!(error = %e, "upstream request failed");
+        UpstreamFailure::Unreachable
     }
 }
 
@@ -297,30 +426,75 @@ mod bytes_alias {
     pub type Bytes = <hyper::body::Incoming as http_body::Body>::Data;
 }
 
-/// Fallback handler: requests that match a route are proxied; anything else is 404.
+/// Fallback handler of the axum stack: requests that match a route are proxied; anything else is
+/// 404. Only requests the data plane's own path does not take come here (CORS requests, which the
+/// CORS layer must see first).
 pub async fn proxy(State(app): State<AppState>, req: Request) -> Response {
-    let label = app.routes.find(req.uri().path()).map(|r| RouteLabel(r.cfg.prefix.clone()));
-    let mut res = match forward(app, req).await {
+    let Some(route) = app.routes.find(req.uri().path()).cloned() else {
+        return ApiError::NotFound.into_response();
+    };
+    let (parts, body) = req.into_parts();
+    let meta = meta_from(&parts);
+    let tenant = parts.extensions.get::<TenantCell>().cloned().unwrap_or_default();
+    let conn = parts.extensions.get::<crate::server::ConnState>().cloned();
+    let mut res = match forward(&app, &route, parts, body, &meta, &tenant, conn.as_deref()).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
-    if let Some(l) = label {
-        res.extensions_mut().insert(l);
-    }
+    res.extensions_mut().insert(RouteLabel(route.cfg.prefix.clone()));
     res
 }
 
-async fn forward(app: AppState, req: Request) -> Result<Response, ApiError> {
-    let Some(route) = app.routes.find(req.uri().path()).cloned() else {
-        return Err(ApiError::NotFound);
+/// The data plane's own path, taken straight from the connection for a request that matches a
+/// route: the edge phases, the body-size limit and [`forward`], without the admin API's router
+/// and layers in between (they cost more than the whole proxy hop did).
+pub(crate) async fn handle(
+    app: AppState,
+    route: Arc<Route>,
+    req: hyper::Request<hyper::body::Incoming>,
+    peer: std::net::SocketAddr,
+    conn: crate::server::ConnState,
+) -> Response {
+    let ctx = crate::middleware::EdgeCtx::begin(&app, req.headers(), Some(peer.ip()), None);
+    if let Some(refused) = ctx.refusal(&app).await {
+        return ctx.finish(&app, refused);
+    }
+    let (parts, body) = req.into_parts();
+    let limit = app.settings.max_body_bytes;
+    let declared =
+        parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let mut res = if declared.is_some_and(|n| n > limit as u64) {
+        ApiError::PayloadTooLarge.into_response()
+    } else {
+        // Also holds for bodies streamed without Content-Length: the limit cuts them off.
+        let body = Body::new(http_body_util::Limited::new(body, limit));
+        match forward(&app, &route, parts, body, &ctx.meta, &ctx.tenant, Some(&conn)).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        }
     };
-    let (mut parts, body) = req.into_parts();
-    let meta = meta_from(&parts);
+    res.extensions_mut().insert(RouteLabel(route.cfg.prefix.clone()));
+    ctx.finish(&app, res)
+}
+
+/// Phases, in order: authenticate → tenant guard → permission → route scope → limits → audit
+/// (durable, before anything reaches the upstream) → forward → stream the response back.
+async fn forward(
+    app: &AppState,
+    route: &Arc<Route>,
+    mut parts: axum::http::request::Parts,
+    body: Body,
+    meta: &portcullis_guard::RequestMeta,
+    tenant: &TenantCell,
+    conn: Option<&ConnUpstreams>,
+) -> Result<Response, ApiError> {
     let x_tenant = parts.headers.get("x-tenant-id").map(|v| v.to_str().unwrap_or("(not valid text)").to_owned());
-    let grant = app.guard.check(credential_from(&parts), x_tenant.as_deref(), Permission::Execute, &meta).await?;
-    crate::extract::note_tenant(&parts, &grant);
+    let grant = app.guard.check(credential_from(&parts), x_tenant.as_deref(), Permission::Execute, meta).await?;
+    if let Some(t) = grant.principal.tenant_id.as_ref() {
+        let _ = tenant.0.set(t.to_string());
+    }
     if !grant.principal.scope_allows(&route.cfg.action) {
-        let mut e = app.guard.event_for(&grant, &meta, &route.cfg.action, AuditResult::Denied);
+        let mut e = app.guard.event_for(&grant, meta, &route.cfg.action, AuditResult::Denied);
         e.resource_type = Some(String::from("route"));
         e.resource_id = Some(route.cfg.prefix.clone());
         e.reason = Some(String::from("scope_lacks_action"));
@@ -331,7 +505,7 @@ async fn forward(app: AppState, req: Request) -> Result<Response, ApiError> {
         Ok(a) => a,
         Err(rejection) => {
             crate::metrics::limit_rejected(rejection.kind.as_str());
-            let mut e = app.guard.event_for(&grant, &meta, &route.cfg.action, AuditResult::Denied);
+            let mut e = app.guard.event_for(&grant, meta, &route.cfg.action, AuditResult::Denied);
             e.resource_type = Some(String::from("route"));
             e.resource_id = Some(route.cfg.prefix.clone());
             e.reason = Some(format!("limit:{}", rejection.kind.as_str()));
@@ -340,14 +514,17 @@ async fn forward(app: AppState, req: Request) -> Result<Response, ApiError> {
             return Err(ApiError::Limited(rejection));
         }
     };
-    let mut e = app.guard.event_for(&grant, &meta, &route.cfg.action, AuditResult::Success);
+    let mut e = app.guard.event_for(&grant, meta, &route.cfg.action, AuditResult::Success);
     e.resource_type = Some(String::from("route"));
     e.resource_id = Some(route.cfg.prefix.clone());
     e.metadata = serde_json::json!({ "method": parts.method.as_str(), "path": parts.uri.path() });
     app.guard.record(e).await?;
 
-    let uri = route.upstream_uri(&parts.uri)?;
+    let uri = route.upstream_path(&parts.uri)?;
+    // HTTP/1 callers use their connection's own upstream connection; multiplexed ones the pool.
+    let conn = conn.filter(|_| matches!(parts.version, axum::http::Version::HTTP_11 | axum::http::Version::HTTP_10));
     strip_request_headers(&mut parts.headers);
+    parts.headers.insert(header::HOST, route.host.clone());
     let h = &mut parts.headers;
     let set = |h: &mut HeaderMap, k: &'static str, v: &str| {
         if let Ok(v) = HeaderValue::from_str(v) {
@@ -386,15 +563,10 @@ async fn forward(app: AppState, req: Request) -> Result<Response, ApiError> {
         rate_headers(r.headers_mut(), &admission.rate);
         Ok(r)
     };
-    let res = match tokio::time::timeout(timeout, route.client.request(upstream_req)).await {
+    let res = match tokio::time::timeout(timeout, route.send(conn, upstream_req)).await {
         Err(_) => return failed(ApiError::UpstreamTimeout),
-        Ok(Err(e)) => {
-            if body_too_large(&e) {
-                return failed(ApiError::PayloadTooLarge);
-            }
-            tracing::warn!(error = %e, route = %route.cfg.prefix, "upstream request failed");
-            return failed(ApiError::BadGateway);
-        }
+        Ok(Err(UpstreamFailure::BodyTooLarge)) => return failed(ApiError::PayloadTooLarge),
+        Ok(Err(UpstreamFailure::Unreachable)) => return failed(ApiError::BadGateway),
         Ok(Ok(r)) => r,
     };
     let (mut rparts, rbody) = res.into_parts();
@@ -411,16 +583,4 @@ async fn forward(app: AppState, req: Request) -> Result<Response, ApiError> {
         _in_flight: in_flight,
     });
     Ok(Response::from_parts(rparts, body))
-}
-
-/// Whether a client error came from our body-size limit while streaming the request body.
-fn body_too_large(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = source {
-        if s.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = s.source();
-    }
-    false
 }

@@ -446,6 +446,12 @@ async fn audit_on(o: &Opened, json: bool, cmd: AuditCmd) -> anyhow::Result<ExitC
                     "{} files, {} file records, {} checkpoints\n",
                     report.files, report.file_records, report.checkpoints
                 ));
+                if report.unindexed > 0 {
+                    s.push_str(&format!(
+                        "{} newest file records not in the database yet (a running server indexes them within milliseconds)\n",
+                        report.unindexed
+                    ));
+                }
                 if report.ok {
                     s.push_str("audit log verified: every chain is whole");
                 } else {

@@ -136,6 +136,9 @@ pub struct HttpSection {
     pub request_timeout_secs: u64,
     pub header_read_timeout_secs: u64,
     pub max_header_bytes: usize,
+    /// Edge threads serving connections (each with its own runtime and audit lane);
+    /// 0 = one per available core.
+    pub workers: usize,
 }
 
 impl Default for Config {
@@ -211,6 +214,7 @@ impl Default for HttpSection {
             request_timeout_secs: 30,
             header_read_timeout_secs: 10,
             max_header_bytes: 32 * 1024,
+            workers: 0,
         }
     }
 }

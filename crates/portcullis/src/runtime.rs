@@ -1,7 +1,7 @@
 //! Opening what `serve` and the CLI share: data dir, secrets, stores, the audit writer, the guard.
 use crate::config::Config;
 use anyhow::{Context, bail};
-use portcullis_audit::{AuditConfig, AuditLog};
+use portcullis_audit::{Acknowledge, AuditConfig, AuditLog};
 use portcullis_core::Tier;
 use portcullis_guard::{CredentialThrottle, Guard, GuardConfig, JwtConfig, LimitsConfig, LoginPolicy, SystemClock};
 use portcullis_store::sqlite::{SqliteAuditStore, SqliteStore};
@@ -115,6 +115,8 @@ pub async fn open(cfg: Config, writer_id: String, exclusive: bool) -> anyhow::Re
             checkpoint_interval: Duration::from_secs(cfg.audit.checkpoint_interval_secs),
             max_batch: cfg.audit.max_batch,
             exclusive,
+            // The embedded log is its files; audit.db is the query index rebuilt from them.
+            acknowledge: if exclusive { Acknowledge::FileWrite } else { Acknowledge::DatabaseCommit },
         },
         move || {
             Box::pin(async move {

@@ -113,9 +113,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     println!("  data dir: {}   audit chain: {writer_id}", cfg.data_dir.display());
     tracing::info!(listen = %local, writer_id, "portcullis serving");
+    let audit = guard.audit_log().clone();
     let settings = ServeSettings {
         header_read_timeout: Duration::from_secs(cfg.http.header_read_timeout_secs),
         max_header_bytes: cfg.http.max_header_bytes,
+        workers: cfg.http.workers,
+        // Each edge thread appends its own requests' audit events.
+        on_edge_start: audit
+            .appends_in_place()
+            .then(|| portcullis_http::server::EdgeHook(Arc::new(move |_| audit.bind_thread()))),
         ..ServeSettings::default()
     };
     // The accept loop runs on a worker like everything else, not on the thread that blocks in

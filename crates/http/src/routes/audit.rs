@@ -89,6 +89,10 @@ pub async fn query(
         before_id,
         limit: limit + 1,
     };
+    // Read your own writes: the query index trails the durable log by a batch.
+    if !a.app.guard.audit_log().index_caught_up(std::time::Duration::from_secs(2)).await {
+        tracing::warn!("audit query index is behind the log; recent events may be missing from this answer");
+    }
     let mut rows = a.app.audit.query(&filter).await?;
     let more = rows.len() > limit as usize;
     rows.truncate(limit as usize);

@@ -106,6 +106,13 @@ fn db_records(data: &Path) -> Vec<Value> {
     })
 }
 
+/// Waits until the query index (the database) holds every record of the files: it trails the
+/// durable log by a few milliseconds (GET /v1/audit waits for it; a direct read must too).
+fn db_caught_up(data: &Path) {
+    let caught_up = harness::eventually(Duration::from_secs(5), || db_records(data).len() >= file_records(data).len());
+    assert!(caught_up, "the audit database did not catch up with the files");
+}
+
 fn db_request_ids(data: &Path) -> HashSet<String> {
     db_records(data).iter().filter_map(|r| r["request_id"].as_str().map(str::to_owned)).collect()
 }
@@ -389,6 +396,7 @@ fn every_request_is_one_event_with_its_fields_and_the_jsonl_file_equals_the_data
     assert!(!listed.contains("\"nope\""), "a denied create changes nothing: {listed}");
 
     // ---- the events ----
+    db_caught_up(&data);
     let records = db_records(&data);
     let by_rid = |rid: &str| -> Vec<&Value> { records.iter().filter(|e| e["request_id"] == rid).collect() };
     let s_or_null = |v: &Option<String>| v.as_ref().map_or(Value::Null, |s| Value::from(s.as_str()));
@@ -816,6 +824,7 @@ fn a_request_whose_audit_event_cannot_be_written_is_refused_with_503_and_changes
     assert_eq!(r.status(), 201);
     let rid = request_id(&r);
     let t2 = s.create_tenant(&op, "after", "free");
+    db_caught_up(&data);
     assert!(db_request_ids(&data).contains(&rid));
     let r = s.get(&format!("/v1/tenants/{t2}")).bearer_auth(&op).send().unwrap();
     assert_eq!(r.status(), 200);
@@ -1108,4 +1117,63 @@ fn audit_query_filters_paginates_and_is_tenant_scoped() {
         let (status, body) = problem(r);
         assert_eq!(status, 400, "{q}: {body}");
     }
+}
+
+// ============================================================================================
+
+/// The files are the log; the database is the query index. A database that cannot be written
+/// refuses no request, and the index catches up from the files once the database is back.
+#[test]
+fn a_failing_query_index_refuses_nothing_and_catches_up_from_the_files() {
+    let s = start(&[]);
+    let data = s.data_dir();
+    let op = s.operator_token();
+    let t = s.create_tenant(&op, "index-outage", "free");
+    let (_, key) = s.create_key(&op, &t, "viewer");
+    db_caught_up(&data);
+    let before = db_records(&data).len();
+
+    // Hold the audit database's write lock from outside until the server's index writes have
+    // failed (its busy timeout is 10 s).
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder_data = data.clone();
+    let holder = std::thread::spawn(move || {
+        with_db(&holder_data, async |pool| {
+            let mut c = pool.acquire().await.unwrap();
+            sqlx::query("BEGIN EXCLUSIVE").execute(&mut *c).await.unwrap();
+            locked_tx.send(()).unwrap();
+            let _ = tokio::task::spawn_blocking(move || release_rx.recv_timeout(Duration::from_secs(60))).await;
+            sqlx::query("COMMIT").execute(&mut *c).await.unwrap();
+        })
+    });
+    locked_rx.recv().unwrap();
+    let mut rids = Vec::new();
+    for _ in 0..10 {
+        let r = s.get("/v1/keys").header("x-api-key", &key).send().unwrap();
+        assert_eq!(r.status(), 200, "acknowledged by the file, not the index");
+        rids.push(request_id(&r));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let failed = harness::eventually(Duration::from_secs(30), || s.log().contains("audit query index not written"));
+    // Meanwhile the index is behind the files, and the server said why.
+    assert!(file_records(&data).len() >= before + rids.len());
+    let r = s.get("/v1/keys").header("x-api-key", &key).send().unwrap();
+    assert_eq!(r.status(), 200, "still answering while the index is down");
+    rids.push(request_id(&r));
+    release_tx.send(()).unwrap();
+    holder.join().unwrap();
+    assert!(failed, "the index writes did fail: {}", s.log());
+
+    // Back: every acknowledged event reaches the index, and the log verifies.
+    let caught_up = harness::eventually(Duration::from_secs(20), || {
+        let ids = db_request_ids(&data);
+        rids.iter().all(|r| ids.contains(r))
+    });
+    assert!(caught_up, "the index did not catch up from the files: {}", s.log());
+    let seen: HashSet<String> =
+        s.audit(&op, "action=key.list").iter().filter_map(|e| e["request_id"].as_str().map(str::to_owned)).collect();
+    assert!(rids.iter().all(|r| seen.contains(r)), "GET /v1/audit shows them");
+    let (code, out) = verify(&data);
+    assert_eq!(code, 0, "{out}");
 }
