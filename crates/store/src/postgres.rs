@@ -182,6 +182,9 @@ CREATE TABLE audit_events (
     ip_address TEXT NULL,
     user_agent TEXT NULL,
     request_id TEXT NULL,
+    -- PostgreSQL text cannot hold NUL, which SQLite and the hashed record can: a row whose
+    -- record contains one stores every text column escaped (see `nul_escape`).
+    nul_escaped BOOLEAN NOT NULL DEFAULT FALSE,
     UNIQUE (writer_id, seq)
 );
 CREATE INDEX audit_tenant_time ON audit_events(tenant_id, ts_ms);
@@ -664,6 +667,11 @@ fn denied(e: sqlx::Error) -> StoreError {
     {
         return StoreError::Corrupt(format!("refused by row-level security: {}", db.message()));
     }
+    if let sqlx::Error::Database(db) = &e
+        && db.code().as_deref() == Some("22021")
+    {
+        return StoreError::Corrupt(String::from("text with a NUL character cannot be stored in PostgreSQL"));
+    }
     StoreError::from(e)
 }
 
@@ -838,7 +846,7 @@ impl Store for PgStore {
     async fn list_tenants(&self, after: Option<&str>, limit: u32) -> Result<Vec<Tenant>> {
         let mut tx = system_tx(&self.pool, SystemPath::Operator).await?;
         let rows = sqlx::query("SELECT * FROM tenants WHERE id > $1 ORDER BY id LIMIT $2")
-            .bind(after.unwrap_or(""))
+            .bind(cursor(after))
             .bind(i64::from(limit))
             .fetch_all(&mut *tx)
             .await?;
@@ -890,6 +898,9 @@ impl Store for PgStore {
     }
 
     async fn find_user_by_email(&self, email: &str) -> Result<Option<User>> {
+        if has_nul(email) {
+            return Ok(None);
+        }
         let mut tx = system_tx(&self.pool, SystemPath::Authentication).await?;
         let row = sqlx::query("SELECT * FROM users WHERE email = $1").bind(email).fetch_optional(&mut *tx).await?;
         tx.commit().await?;
@@ -920,7 +931,7 @@ impl Store for PgStore {
         let mut tx = tenant_tx(&self.pool, tenant).await?;
         let rows = sqlx::query("SELECT * FROM users WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3")
             .bind(tenant)
-            .bind(after.unwrap_or(""))
+            .bind(cursor(after))
             .bind(i64::from(limit))
             .fetch_all(&mut *tx)
             .await?;
@@ -954,6 +965,9 @@ impl Store for PgStore {
     }
 
     async fn find_key_by_hash(&self, hash_hex: &str) -> Result<Option<ApiKeyRecord>> {
+        if has_nul(hash_hex) {
+            return Ok(None);
+        }
         let mut tx = system_tx(&self.pool, SystemPath::Authentication).await?;
         let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = $1"))
             .bind(hash_hex)
@@ -982,7 +996,7 @@ impl Store for PgStore {
             "SELECT {KEY_COLUMNS} FROM api_keys WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3"
         ))
         .bind(tenant)
-        .bind(after.unwrap_or(""))
+        .bind(cursor(after))
         .bind(i64::from(limit))
         .fetch_all(&mut *tx)
         .await?;
@@ -1103,6 +1117,9 @@ impl Store for PgStore {
     }
 
     async fn find_session(&self, token_hash_hex: &str) -> Result<Option<SessionRecord>> {
+        if has_nul(token_hash_hex) {
+            return Ok(None);
+        }
         let mut tx = system_tx(&self.pool, SystemPath::Authentication).await?;
         let row = sqlx::query("SELECT * FROM sessions WHERE token_hash = $1")
             .bind(token_hash_hex)
@@ -1113,6 +1130,9 @@ impl Store for PgStore {
     }
 
     async fn revoke_session(&self, id: &str, now_ms: i64) -> Result<bool> {
+        if has_nul(id) {
+            return Ok(false);
+        }
         let mut tx = system_tx(&self.pool, SystemPath::Sessions).await?;
         let n = sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
             .bind(now_ms)
@@ -1223,6 +1243,9 @@ impl Store for PgStore {
     }
 
     async fn get_upstream_credential(&self, scope: &TenantScope, route: &str) -> Result<Option<UpstreamCredential>> {
+        if has_nul(route) {
+            return Ok(None);
+        }
         let tenant = scope.tenant_id().as_str();
         let mut tx = tenant_tx(&self.pool, tenant).await?;
         let row = sqlx::query("SELECT * FROM upstream_credentials WHERE tenant_id = $1 AND route = $2")
@@ -1246,6 +1269,9 @@ impl Store for PgStore {
     }
 
     async fn delete_upstream_credential(&self, scope: &TenantScope, route: &str, now_ms: i64) -> Result<bool> {
+        if has_nul(route) {
+            return Ok(false);
+        }
         let tenant = scope.tenant_id().as_str();
         let mut tx = tenant_tx(&self.pool, tenant).await?;
         let n = sqlx::query("DELETE FROM upstream_credentials WHERE tenant_id = $1 AND route = $2")
@@ -1305,29 +1331,96 @@ impl PgAuditStore {
     }
 }
 
+/// PostgreSQL text cannot contain NUL. A record with one (say a resource id from a path with
+/// `%00`) is stored with every text column escaped — `\` as `\\`, NUL as `\0` — and its row's
+/// `nul_escaped` set, so it reads back byte for byte and its hash still verifies. Other rows are
+/// stored as they are.
+fn nul_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('\0', "\\0")
+}
+
+/// Text that PostgreSQL must store as it is (ids, names): a NUL cannot be stored.
+fn nul_free(s: &str) -> Result<&str> {
+    if s.contains('\0') {
+        return Err(StoreError::Corrupt(String::from("text with a NUL character cannot be stored in PostgreSQL")));
+    }
+    Ok(s)
+}
+
+/// A NUL-bearing value matches no stored text (none can hold one): lookups by it find nothing.
+fn has_nul(s: &str) -> bool {
+    s.contains('\0')
+}
+
+/// A paging cursor cut at its first NUL: no stored id holds one, so `id > cut` selects exactly
+/// the ids that `id > cursor` would.
+fn cursor(after: Option<&str>) -> &str {
+    let c = after.unwrap_or("");
+    c.split('\0').next().unwrap_or("")
+}
+
+fn nul_unescape(s: &str) -> Result<String> {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('\\') => out.push('\\'),
+            Some('0') => out.push('\0'),
+            _ => return Err(corrupt("escaped audit text", s)),
+        }
+    }
+    Ok(out)
+}
+
+fn record_has_nul(r: &AuditRecord) -> bool {
+    let opt = |v: &Option<String>| v.as_deref().is_some_and(|v| v.contains('\0'));
+    [&r.prev_hash, &r.hash, &r.timestamp, &r.action].iter().any(|v| v.contains('\0'))
+        || [&r.tenant_id, &r.user_id, &r.resource_type, &r.resource_id, &r.reason, &r.ip_address, &r.user_agent, &r.request_id]
+            .iter()
+            .any(|v| opt(v))
+        // serde_json writes NUL as `\u0000`, but the check costs nothing.
+        || metadata_text(&r.metadata).contains('\0')
+}
+
 fn record_from(row: &PgRow) -> Result<(i64, AuditRecord)> {
-    let result: String = row.try_get("result")?;
-    let metadata: String = row.try_get("metadata")?;
+    let escaped: bool = row.try_get("nul_escaped")?;
+    let text = |name: &str| -> Result<String> {
+        let v: String = row.try_get(name)?;
+        if escaped { nul_unescape(&v) } else { Ok(v) }
+    };
+    let opt_text = |name: &str| -> Result<Option<String>> {
+        let v: Option<String> = row.try_get(name)?;
+        match v {
+            Some(v) if escaped => nul_unescape(&v).map(Some),
+            other => Ok(other),
+        }
+    };
+    let result = text("result")?;
+    let metadata = text("metadata")?;
     let seq: i64 = row.try_get("seq")?;
     Ok((
         row.try_get("id")?,
         AuditRecord {
             writer_id: row.try_get("writer_id")?,
             seq: u64::try_from(seq).map_err(|_| corrupt("seq", &seq.to_string()))?,
-            prev_hash: row.try_get("prev_hash")?,
-            timestamp: row.try_get("timestamp")?,
-            tenant_id: row.try_get("tenant_id")?,
-            user_id: row.try_get("user_id")?,
-            action: row.try_get("action")?,
-            resource_type: row.try_get("resource_type")?,
-            resource_id: row.try_get("resource_id")?,
+            prev_hash: text("prev_hash")?,
+            timestamp: text("timestamp")?,
+            tenant_id: opt_text("tenant_id")?,
+            user_id: opt_text("user_id")?,
+            action: text("action")?,
+            resource_type: opt_text("resource_type")?,
+            resource_id: opt_text("resource_id")?,
             result: AuditResult::parse(&result).ok_or_else(|| corrupt("result", &result))?,
-            reason: row.try_get("reason")?,
+            reason: opt_text("reason")?,
             metadata: serde_json::from_str(&metadata).map_err(|_| corrupt("metadata", &metadata))?,
-            ip_address: row.try_get("ip_address")?,
-            user_agent: row.try_get("user_agent")?,
-            request_id: row.try_get("request_id")?,
-            hash: row.try_get("hash")?,
+            ip_address: opt_text("ip_address")?,
+            user_agent: opt_text("user_agent")?,
+            request_id: opt_text("request_id")?,
+            hash: text("hash")?,
         },
     ))
 }
@@ -1354,31 +1447,37 @@ async fn insert_records(conn: &mut PgConnection, records: &[AuditRecord]) -> Res
     let mut ip = Vec::with_capacity(records.len());
     let mut agent = Vec::with_capacity(records.len());
     let mut request = Vec::with_capacity(records.len());
+    let mut escaped = Vec::with_capacity(records.len());
     for r in records {
-        writer.push(r.writer_id.as_str());
+        let esc = record_has_nul(r);
+        let t = |v: &str| if esc { nul_escape(v) } else { v.to_owned() };
+        let o = |v: &Option<String>| v.as_deref().map(|v| t(v));
+        escaped.push(esc);
+        // The chain's name is never escaped (it keys the chain and its uniqueness).
+        writer.push(nul_free(&r.writer_id)?.to_owned());
         seq.push(i64::try_from(r.seq).unwrap_or(i64::MAX));
-        prev.push(r.prev_hash.as_str());
-        hash.push(r.hash.as_str());
+        prev.push(t(&r.prev_hash));
+        hash.push(t(&r.hash));
         ts_ms.push(portcullis_core::timefmt::parse_rfc3339_ms(&r.timestamp).unwrap_or(0));
-        timestamp.push(r.timestamp.as_str());
-        tenant.push(r.tenant_id.as_deref());
-        user.push(r.user_id.as_deref());
-        action.push(r.action.as_str());
-        rtype.push(r.resource_type.as_deref());
-        rid.push(r.resource_id.as_deref());
-        result.push(r.result.as_str());
-        reason.push(r.reason.as_deref());
-        metadata.push(metadata_text(&r.metadata));
-        ip.push(r.ip_address.as_deref());
-        agent.push(r.user_agent.as_deref());
-        request.push(r.request_id.as_deref());
+        timestamp.push(t(&r.timestamp));
+        tenant.push(o(&r.tenant_id));
+        user.push(o(&r.user_id));
+        action.push(t(&r.action));
+        rtype.push(o(&r.resource_type));
+        rid.push(o(&r.resource_id));
+        result.push(t(r.result.as_str()));
+        reason.push(o(&r.reason));
+        metadata.push(t(&metadata_text(&r.metadata)));
+        ip.push(o(&r.ip_address));
+        agent.push(o(&r.user_agent));
+        request.push(o(&r.request_id));
     }
     sqlx::query(
-        "INSERT INTO audit_events (writer_id, seq, prev_hash, hash, ts_ms, timestamp, tenant_id, user_id, action, resource_type, resource_id, result, reason, metadata, ip_address, user_agent, request_id) \
-         SELECT writer_id, seq, prev_hash, hash, ts_ms, timestamp, tenant_id, user_id, action, resource_type, resource_id, result, reason, metadata, ip_address, user_agent, request_id \
+        "INSERT INTO audit_events (writer_id, seq, prev_hash, hash, ts_ms, timestamp, tenant_id, user_id, action, resource_type, resource_id, result, reason, metadata, ip_address, user_agent, request_id, nul_escaped) \
+         SELECT writer_id, seq, prev_hash, hash, ts_ms, timestamp, tenant_id, user_id, action, resource_type, resource_id, result, reason, metadata, ip_address, user_agent, request_id, nul_escaped \
          FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[], \
-                     $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::text[]) \
-              WITH ORDINALITY AS r(writer_id, seq, prev_hash, hash, ts_ms, timestamp, tenant_id, user_id, action, resource_type, resource_id, result, reason, metadata, ip_address, user_agent, request_id, ord) \
+                     $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::boolean[]) \
+              WITH ORDINALITY AS r(writer_id, seq, prev_hash, hash, ts_ms, timestamp, tenant_id, user_id, action, resource_type, resource_id, result, reason, metadata, ip_address, user_agent, request_id, nul_escaped, ord) \
          ORDER BY ord",
     )
     .bind(&writer)
@@ -1398,6 +1497,7 @@ async fn insert_records(conn: &mut PgConnection, records: &[AuditRecord]) -> Res
     .bind(&ip)
     .bind(&agent)
     .bind(&request)
+    .bind(&escaped)
     .execute(&mut *conn)
     .await
     .map_err(denied)?;
@@ -1405,7 +1505,7 @@ async fn insert_records(conn: &mut PgConnection, records: &[AuditRecord]) -> Res
         "INSERT INTO audit_heads (writer_id, seq, hash) VALUES ($1, $2, $3) \
          ON CONFLICT (writer_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
     )
-    .bind(&last.writer_id)
+    .bind(nul_free(&last.writer_id)?)
     .bind(i64::try_from(last.seq).unwrap_or(i64::MAX))
     .bind(&last.hash)
     .execute(&mut *conn)
@@ -1485,6 +1585,9 @@ impl AuditStore for PgAuditStore {
     }
 
     async fn head(&self, writer_id: &str) -> Result<Option<ChainHead>> {
+        if has_nul(writer_id) {
+            return Ok(None);
+        }
         let mut tx = system_tx(&self.pool, SystemPath::AuditRead).await?;
         let row = sqlx::query("SELECT writer_id, seq, hash FROM audit_heads WHERE writer_id = $1")
             .bind(writer_id)
@@ -1541,6 +1644,9 @@ impl AuditStore for PgAuditStore {
     }
 
     async fn chain(&self, writer_id: &str) -> Result<Vec<AuditRecord>> {
+        if has_nul(writer_id) {
+            return Ok(Vec::new());
+        }
         let mut tx = system_tx(&self.pool, SystemPath::AuditRead).await?;
         let rows = sqlx::query("SELECT * FROM audit_events WHERE writer_id = $1 ORDER BY seq")
             .bind(writer_id)
@@ -1555,23 +1661,35 @@ impl AuditStore for PgAuditStore {
         // rows even if the filter below were wrong; only the operators' all-tenant read is a
         // system-path read.
         let mut tx = match &f.tenant_id {
-            Some(t) => tenant_tx(&self.pool, t).await?,
+            // A tenant id with a NUL names no tenant; the empty tenant sees nothing.
+            Some(t) => tenant_tx(&self.pool, if t.contains('\0') { "" } else { t }).await?,
             None => system_tx(&self.pool, SystemPath::AuditRead).await?,
         };
+        // Each text filter is bound twice: as stored in escaped rows ($n) and as stored in plain
+        // rows ($n+1, NULL when the value holds a NUL, which no plain row can).
+        let esc = |v: &Option<String>| v.as_deref().map(nul_escape);
+        let plain = |v: &Option<String>| v.clone().filter(|v| !v.contains('\0'));
         let rows = sqlx::query(
             "SELECT * FROM audit_events WHERE \
-             ($1::text IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR user_id = $2) AND ($3::text IS NULL OR action = $3) \
-             AND ($4::text IS NULL OR result = $4) AND ($5::bigint IS NULL OR ts_ms >= $5) AND ($6::bigint IS NULL OR ts_ms < $6) \
+             ($1::text IS NULL OR (CASE WHEN nul_escaped THEN tenant_id = $1 ELSE tenant_id = $9::text END)) \
+             AND ($2::text IS NULL OR (CASE WHEN nul_escaped THEN user_id = $2 ELSE user_id = $10::text END)) \
+             AND ($3::text IS NULL OR (CASE WHEN nul_escaped THEN action = $3 ELSE action = $11::text END)) \
+             AND ($4::text IS NULL OR (CASE WHEN nul_escaped THEN result = $4 ELSE result = $12::text END)) \
+             AND ($5::bigint IS NULL OR ts_ms >= $5) AND ($6::bigint IS NULL OR ts_ms < $6) \
              AND ($7::bigint IS NULL OR id < $7) ORDER BY id DESC LIMIT $8",
         )
-        .bind(&f.tenant_id)
-        .bind(&f.user_id)
-        .bind(&f.action)
-        .bind(&f.result)
+        .bind(esc(&f.tenant_id))
+        .bind(esc(&f.user_id))
+        .bind(esc(&f.action))
+        .bind(esc(&f.result))
         .bind(f.from_ms)
         .bind(f.to_ms)
         .bind(f.before_id)
         .bind(i64::from(f.limit))
+        .bind(plain(&f.tenant_id))
+        .bind(plain(&f.user_id))
+        .bind(plain(&f.action))
+        .bind(plain(&f.result))
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;

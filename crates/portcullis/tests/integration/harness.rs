@@ -145,6 +145,16 @@ impl Drop for PgDatabase {
     }
 }
 
+/// Servers started in the scale-out shape, by data dir: (admin URL of their database, the
+/// environment the CLI needs). Lets helpers that are given only a data dir reach its database.
+static SCALE_OUT: std::sync::Mutex<Vec<(PathBuf, String, Vec<(String, String)>)>> = std::sync::Mutex::new(Vec::new());
+
+/// For a data dir of a server in the scale-out shape: its database's admin URL and its env.
+pub fn scale_out_for(data: &Path) -> Option<(String, Vec<(String, String)>)> {
+    let all = SCALE_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    all.iter().find(|(d, _, _)| d == data).map(|(_, url, env)| (url.clone(), env.clone()))
+}
+
 /// 32 random-enough bytes as 64 hex characters (test secrets).
 pub fn hex32() -> String {
     format!("{}{}", uuid_like(), uuid_like())
@@ -229,8 +239,21 @@ impl Server {
             pg,
             client: client(),
         };
+        if let Some(db) = &s.pg {
+            let mut all = SCALE_OUT.lock().unwrap_or_else(|e| e.into_inner());
+            all.push((s.data_dir(), db.admin_url.clone(), s.env.clone()));
+        }
         s.spawn();
         s
+    }
+
+    /// `portcullis migrate` as an operator runs it: on PostgreSQL with the owner's URL too.
+    pub fn cli_migrate(&self) -> Output {
+        let mut c = self.command();
+        if let Some(db) = &self.pg {
+            c.env("PORTCULLIS_MIGRATION_DATABASE_URL", &db.owner_url);
+        }
+        c.arg("migrate").stdin(Stdio::null()).output().unwrap()
     }
 
     pub fn data_dir(&self) -> PathBuf {
