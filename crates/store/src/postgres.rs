@@ -1451,7 +1451,7 @@ async fn insert_records(conn: &mut PgConnection, records: &[AuditRecord]) -> Res
     for r in records {
         let esc = record_has_nul(r);
         let t = |v: &str| if esc { nul_escape(v) } else { v.to_owned() };
-        let o = |v: &Option<String>| v.as_deref().map(|v| t(v));
+        let o = |v: &Option<String>| v.as_deref().map(&t);
         escaped.push(esc);
         // The chain's name is never escaped (it keys the chain and its uniqueness).
         writer.push(nul_free(&r.writer_id)?.to_owned());

@@ -147,10 +147,11 @@ impl Drop for PgDatabase {
 
 /// Servers started in the scale-out shape, by data dir: (admin URL of their database, the
 /// environment the CLI needs). Lets helpers that are given only a data dir reach its database.
-static SCALE_OUT: std::sync::Mutex<Vec<(PathBuf, String, Vec<(String, String)>)>> = std::sync::Mutex::new(Vec::new());
+type Env = Vec<(String, String)>;
+static SCALE_OUT: std::sync::Mutex<Vec<(PathBuf, String, Env)>> = std::sync::Mutex::new(Vec::new());
 
 /// For a data dir of a server in the scale-out shape: its database's admin URL and its env.
-pub fn scale_out_for(data: &Path) -> Option<(String, Vec<(String, String)>)> {
+pub fn scale_out_for(data: &Path) -> Option<(String, Env)> {
     let all = SCALE_OUT.lock().unwrap_or_else(|e| e.into_inner());
     all.iter().find(|(d, _, _)| d == data).map(|(_, url, env)| (url.clone(), env.clone()))
 }
