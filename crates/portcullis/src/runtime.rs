@@ -141,7 +141,13 @@ async fn open_postgres(
         }
     }
     let pool = pg::connect(url, PG_STORE_CONNECTIONS).await?;
-    pg::check_app_role(&pool).await?;
+    let checked = pg::check_app_role(&pool).await?;
+    tracing::info!(
+        database = %pg::redact_url(url),
+        role = %checked.role,
+        schema_version = checked.version,
+        "store: PostgreSQL with row-level security"
+    );
     let store: Arc<dyn Store> = Arc::new(pg::PgStore::new(pool));
     let reader: Arc<dyn AuditStore> =
         Arc::new(pg::PgAuditStore::new(pg::connect(url, PG_AUDIT_READER_CONNECTIONS).await?));
