@@ -645,3 +645,30 @@ fn store_conformance_a_tenant_scoped_method_cannot_reach_another_tenant() {
         assert_eq!(changes[0].entity_id, b_key.as_str());
     });
 }
+
+#[test]
+fn an_audit_event_holding_a_nul_is_stored_losslessly_and_its_chain_verifies() {
+    // PostgreSQL text cannot hold NUL; a probe for `/v1/keys/%00` must still be answered (404,
+    // not 503 for an unwritable audit event) and its event read back byte for byte.
+    let mut s = Server::start_on_postgres(migrated(), &[]);
+    let op = s.operator_token();
+    let tenant = s.create_tenant(&op, "nul", "free");
+    let r = s.get("/v1/keys/%00").bearer_auth(&op).header("x-tenant-id", &tenant).send().unwrap();
+    assert_eq!(r.status(), 404);
+    let r = s.get("/v1/keys/x%5C0y%00").bearer_auth(&op).header("x-tenant-id", &tenant).send().unwrap();
+    assert_eq!(r.status(), 404);
+    let events = s.audit(&op, "action=key.read");
+    let ids: Vec<&str> = events.iter().filter_map(|e| e["resource_id"].as_str()).collect();
+    assert!(ids.contains(&"\0") && ids.contains(&"x\\0y\0"), "{ids:?}");
+    s.stop();
+    let (ok, report) = cli_with(&s.env, &s.data_dir(), &["audit", "verify"]);
+    assert!(ok, "{report}");
+    let escaped: i64 = rt().block_on(async {
+        let mut c = sqlx::PgConnection::connect(&s.pg.as_ref().unwrap().admin_url).await.unwrap();
+        sqlx::query_scalar("SELECT count(*) FROM portcullis.audit_events WHERE nul_escaped")
+            .fetch_one(&mut c)
+            .await
+            .unwrap()
+    });
+    assert!(escaped >= 2, "the NUL-bearing events are the escaped rows");
+}
