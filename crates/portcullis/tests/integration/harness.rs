@@ -65,6 +65,33 @@ pub fn pg_exec(url: &str, statements: &[String]) {
     });
 }
 
+/// Every row of every table of the `portcullis` schema as text, each line `table: row` (read as
+/// the superuser: row-level security does not hide anything from it).
+pub fn pg_all_rows_text(admin_url: &str) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(admin_url).await.unwrap();
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = 'portcullis' AND c.relkind = 'r' ORDER BY 1",
+        )
+        .fetch_all(&mut c)
+        .await
+        .unwrap();
+        let mut out = String::new();
+        for t in tables {
+            let rows: Vec<String> =
+                sqlx::query_scalar(&format!("SELECT x::text FROM portcullis.{t} x")).fetch_all(&mut c).await.unwrap();
+            out.push_str(&format!("{t}:\n"));
+            for r in rows {
+                out.push_str(&format!("{t}: {r}\n"));
+            }
+        }
+        out
+    })
+}
+
 /// A fresh database with its own two roles, as a DBA would set them up for Portcullis: an owner
 /// (owns the database, runs `migrate`) and a plain login application role. Everything is
 /// uniquely named and dropped again on drop.
