@@ -36,11 +36,12 @@ pub fn embedded_only(reason: &str) -> bool {
     false
 }
 
-/// The admin (superuser) URL of the test PostgreSQL, from `scripts/test.sh`.
+/// The admin (superuser) URL of the test PostgreSQL: `PORTCULLIS_TEST_PG_URL` (set by
+/// `scripts/test.sh`, which starts a throwaway server when none answers), else the standard
+/// loopback server with trust authentication.
 pub fn pg_admin_url() -> String {
-    std::env::var("PORTCULLIS_TEST_PG_URL").unwrap_or_else(|_| {
-        panic!("PORTCULLIS_TEST_PG_URL is not set: run the tests with scripts/test.sh, which provides PostgreSQL")
-    })
+    std::env::var("PORTCULLIS_TEST_PG_URL")
+        .unwrap_or_else(|_| String::from("postgres://postgres@127.0.0.1:5432/postgres"))
 }
 
 /// `url` with its user, password and database replaced (host, port and parameters kept).
@@ -57,7 +58,9 @@ pub fn pg_exec(url: &str, statements: &[String]) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         use sqlx::Connection;
-        let mut c = sqlx::PgConnection::connect(url).await.unwrap_or_else(|e| panic!("connect: {e}"));
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap_or_else(|e| {
+            panic!("connect to the test PostgreSQL: {e} (the README's test command, scripts/test.sh, provides one)")
+        });
         for s in statements {
             sqlx::raw_sql(s).execute(&mut c).await.unwrap_or_else(|e| panic!("{s}: {e}"));
         }
