@@ -7,6 +7,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Throwaway servers started below register how to stop them here; run on any exit.
+CLEANUPS=()
+cleanup() {
+  local c
+  for c in "${CLEANUPS[@]}"; do eval "$c" || true; done
+}
+trap cleanup EXIT
+
 apt_install() {
   local missing=()
   for pkg in "$@"; do
@@ -41,9 +49,39 @@ if [ -z "${PORTCULLIS_TEST_REDIS_URL:-}" ]; then
     REDIS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
     redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --dir "$REDIS_DIR" --daemonize yes \
       --pidfile "$REDIS_DIR/redis.pid" --logfile "$REDIS_DIR/redis.log"
-    trap 'kill "$(cat "$REDIS_DIR/redis.pid" 2>/dev/null)" 2>/dev/null || true; rm -rf "$REDIS_DIR"' EXIT
+    CLEANUPS+=("kill \"\$(cat $REDIS_DIR/redis.pid 2>/dev/null)\" 2>/dev/null; rm -rf $REDIS_DIR")
     for _ in $(seq 1 50); do (exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT") 2>/dev/null && break; sleep 0.1; done
     export PORTCULLIS_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+  fi
+fi
+
+# PostgreSQL for the scale-out store's tests: the server on the standard loopback port when it
+# answers there as `postgres` without a password (trust), otherwise a throwaway cluster made with
+# initdb on a free port in a temp dir (stopped on exit). Tests get a superuser URL in
+# PORTCULLIS_TEST_PG_URL and make their own uniquely named databases and roles from it, dropping
+# them when done, so runs never collide and a shared server is never disturbed.
+if [ -z "${PORTCULLIS_TEST_PG_URL:-}" ]; then
+  if (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null && command -v psql >/dev/null \
+    && psql "postgres://postgres@127.0.0.1:5432/postgres" -Atqc 'select 1' >/dev/null 2>&1; then
+    export PORTCULLIS_TEST_PG_URL="postgres://postgres@127.0.0.1:5432/postgres"
+  else
+    pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
+    [ -n "$(pg_bin)" ] || apt_install postgresql
+    PG_BIN=$(pg_bin)
+    PG_DIR=$(mktemp -d)
+    PG_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
+    # initdb refuses to run as root: the cluster belongs to an unprivileged user then.
+    PG_RUN=()
+    if [ "$(id -u)" -eq 0 ]; then
+      id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
+      chown postgres "$PG_DIR"
+      PG_RUN=(runuser -u postgres --)
+    fi
+    "${PG_RUN[@]}" "$PG_BIN/initdb" -D "$PG_DIR/data" -U postgres --auth=trust -E UTF8 >/dev/null
+    "${PG_RUN[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/log" -w \
+      -o "-c listen_addresses=127.0.0.1 -c port=$PG_PORT -c unix_socket_directories=$PG_DIR -c max_connections=200 -c fsync=off" start >/dev/null
+    CLEANUPS+=("${PG_RUN[*]} $PG_BIN/pg_ctl -D $PG_DIR/data -m immediate stop >/dev/null; rm -rf $PG_DIR")
+    export PORTCULLIS_TEST_PG_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
   fi
 fi
 

@@ -1,5 +1,5 @@
-//! The operator's command line. It works directly on the store of the data dir with the
-//! operator's authority; every change is audited on the `cli` chain, and running servers pick
+//! The operator's command line. It works directly on the store (the data dir's, or PostgreSQL
+//! when `PORTCULLIS_DATABASE_URL` is set) with the operator's authority; every change is audited on the `cli` chain, and running servers pick
 //! changes up from the change feed within `auth.cache_refresh_ms`.
 use crate::config::Config;
 use crate::runtime::{self, Opened};
@@ -11,6 +11,7 @@ use portcullis_core::{KeyId, Permission, Principal, Role, TenantId, TenantScope,
 use portcullis_guard::admin::{NewKey, lifetime_ms};
 use portcullis_guard::{Grant, RequestMeta};
 use portcullis_http::views::{KeyView, TenantView, UserView};
+use portcullis_store::postgres as pg;
 use portcullis_store::{AuditFilter, TenantStatus};
 use serde::Serialize;
 use std::io::Read;
@@ -180,13 +181,55 @@ fn tenant_id(raw: &str) -> anyhow::Result<TenantId> {
 }
 
 pub async fn migrate(cfg: Config, json: bool) -> anyhow::Result<ExitCode> {
-    let dir = cfg.data_dir.display().to_string();
-    let o = open(cfg).await?;
-    let result = print(json, &serde_json::json!({ "migrated": true, "data_dir": dir }), || {
-        format!("store in {dir} is up to date")
-    })
-    .map(|()| ExitCode::SUCCESS);
-    finish(o, result).await
+    match (cfg.database_url.clone(), cfg.migration_database_url.clone()) {
+        (None, None) => {
+            let dir = cfg.data_dir.display().to_string();
+            let o = open(cfg).await?;
+            let result = print(json, &serde_json::json!({ "migrated": true, "data_dir": dir }), || {
+                format!("store in {dir} is up to date")
+            })
+            .map(|()| ExitCode::SUCCESS);
+            finish(o, result).await
+        }
+        (None, Some(_)) => bail!(
+            "PORTCULLIS_MIGRATION_DATABASE_URL is set but PORTCULLIS_DATABASE_URL is not: migrate grants the application role named in PORTCULLIS_DATABASE_URL, so set both (see `portcullis migrate --help`)"
+        ),
+        (Some(_), None) => bail!(
+            "migrating PostgreSQL needs PORTCULLIS_MIGRATION_DATABASE_URL, a URL of the role that owns the schema (PORTCULLIS_DATABASE_URL is the application role, which may not change the schema); see `portcullis migrate --help`"
+        ),
+        (Some(app_url), Some(owner_url)) => {
+            let app_role = pg::url_user(&app_url)?;
+            let report = pg::migrate(&owner_url, &app_role).await?;
+            // Prove the result from the application role's side: the same checks `serve` makes.
+            let pool = pg::connect(&app_url, 1).await?;
+            let checked = pg::check_app_role(&pool).await;
+            pool.close().await;
+            let checked = checked?;
+            let out = serde_json::json!({
+                "migrated": true,
+                "database": pg::redact_url(&app_url),
+                "version": report.version,
+                "applied": report.applied,
+                "owner_role": report.owner_role,
+                "app_role": checked.role,
+            });
+            print(json, &out, || {
+                let applied = if report.applied.is_empty() {
+                    String::from("already current")
+                } else {
+                    format!("applied {:?}", report.applied)
+                };
+                format!(
+                    "PostgreSQL schema `{}` at version {} ({applied}); owner `{}`; application role `{}` granted and checked (no superuser, no BYPASSRLS, owns nothing)",
+                    pg::SCHEMA,
+                    report.version,
+                    report.owner_role,
+                    checked.role
+                )
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 pub async fn tenant(cfg: Config, json: bool, cmd: TenantCmd) -> anyhow::Result<ExitCode> {

@@ -12,11 +12,15 @@ use std::path::{Path, PathBuf};
 pub struct Config {
     pub listen: String,
     pub data_dir: PathBuf,
-    /// `postgres://…` selects the scale-out store (not built yet); absent = SQLite in `data_dir`.
+    /// `postgres://…` of the application role: selects the scale-out store (PostgreSQL with
+    /// row-level security) for `serve` and every CLI command; absent = SQLite in `data_dir`.
     pub database_url: Option<String>,
+    /// `postgres://…` of the role that owns the schema: used only to migrate (`portcullis
+    /// migrate`, and at start when set).
     pub migration_database_url: Option<String>,
     pub redis_url: Option<String>,
-    /// 64 hex characters; otherwise `<data_dir>/secrets/key-pepper` (generated on first start).
+    /// 64 hex characters; otherwise `<data_dir>/secrets/key-pepper` (generated on first start,
+    /// embedded shape only: the scale-out shape requires these three secrets to be given).
     pub key_pepper: Option<String>,
     pub key_pepper_file: Option<PathBuf>,
     pub audit_signing_key: Option<String>,

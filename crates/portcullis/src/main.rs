@@ -30,9 +30,38 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway (embedded default: SQLite and audit files in the data dir).
+    /// Run the gateway (embedded default: SQLite and audit files in the data dir; with
+    /// PORTCULLIS_DATABASE_URL: PostgreSQL, see `portcullis migrate --help`).
     Serve,
     /// Create or upgrade the store schema (also done by `serve` at start).
+    ///
+    /// Embedded (no PORTCULLIS_DATABASE_URL): migrates the SQLite files in the data dir; `serve`
+    /// does the same at every start.
+    ///
+    /// PostgreSQL needs two roles, both created beforehand by the DBA:
+    ///
+    ///   - the owner role, which owns the database's `portcullis` schema; it needs CREATE on
+    ///     the database (e.g. `CREATE ROLE portcullis_owner LOGIN PASSWORD '…'; CREATE DATABASE
+    ///     portcullis OWNER portcullis_owner;`). Its URL is PORTCULLIS_MIGRATION_DATABASE_URL and
+    ///     only `migrate` uses it.
+    ///
+    ///   - the application role, a plain login role: not a superuser, no BYPASSRLS, owning
+    ///     nothing (`CREATE ROLE portcullis_app LOGIN PASSWORD '…';`). Its URL is
+    ///     PORTCULLIS_DATABASE_URL, used by `serve` and every CLI command.
+    ///
+    /// Then run, with both URLs set:
+    ///
+    ///   PORTCULLIS_MIGRATION_DATABASE_URL=postgres://portcullis_owner:…@db/portcullis
+    ///   PORTCULLIS_DATABASE_URL=postgres://portcullis_app:…@db/portcullis portcullis migrate
+    ///
+    /// It creates the schema, tables and row-level-security policies, and grants the role named
+    /// in PORTCULLIS_DATABASE_URL exactly what it needs (SELECT/INSERT/UPDATE/DELETE per table,
+    /// USAGE on the schema and its sequences), never ownership; then checks, as that role, what
+    /// `serve` checks. Safe to run again and from several hosts at once. `serve` and the CLI
+    /// refuse a schema at another version, and refuse to start as a role that is a superuser,
+    /// has BYPASSRLS or owns a table; when PORTCULLIS_MIGRATION_DATABASE_URL is also set they
+    /// migrate at start.
+    #[command(verbatim_doc_comment)]
     Migrate,
     /// Tenants: create, list, suspend, resume.
     #[command(subcommand)]

@@ -1,13 +1,17 @@
-//! Opening what `serve` and the CLI share: data dir, secrets, stores, the audit writer, the guard.
+//! Opening what `serve` and the CLI share: data dir, secrets, stores, the audit writer, the guard,
+//! on the embedded store (SQLite in the data dir) or the scale-out one (PostgreSQL).
 use crate::config::Config;
 use anyhow::{Context, bail};
 use portcullis_audit::{Acknowledge, AuditConfig, AuditLog};
 use portcullis_core::Tier;
 use portcullis_guard::{CredentialThrottle, Guard, GuardConfig, JwtConfig, LimitsConfig, LoginPolicy, SystemClock};
+use portcullis_store::postgres as pg;
 use portcullis_store::sqlite::{SqliteAuditStore, SqliteStore};
 use portcullis_store::{AuditStore, Store};
+use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,12 +36,8 @@ pub fn secret(
     file: &Option<PathBuf>,
     name: &str,
 ) -> anyhow::Result<[u8; 32]> {
-    if let Some(v) = inline {
-        return parse_hex32(env_name, v);
-    }
-    if let Some(f) = file {
-        let text = std::fs::read_to_string(f).with_context(|| format!("{env_name}_FILE {}", f.display()))?;
-        return parse_hex32(&format!("{env_name}_FILE {}", f.display()), &text);
+    if let Some(v) = secret_given(env_name, inline, file)? {
+        return Ok(v);
     }
     let dir = cfg.data_dir.join("secrets");
     let path = dir.join(name);
@@ -77,53 +77,160 @@ pub fn writer_id_for_serve(cfg: &Config) -> anyhow::Result<String> {
     Ok(id)
 }
 
-/// `exclusive`: this process alone writes `writer_id`'s chain (serve, under its lock file).
-pub async fn open(cfg: Config, writer_id: String, exclusive: bool) -> anyhow::Result<Opened> {
-    if cfg.database_url.is_some() || cfg.redis_url.is_some() {
+/// Where the audit writer opens its own store, on its own runtime (pools are bound to the
+/// runtime that made them).
+type OpenAuditStore =
+    Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = Result<Arc<dyn AuditStore>, String>>>> + Send + 'static>;
+
+/// The secrets every instance of a scale-out deployment must share. None is generated: an
+/// instance that made its own pepper could not verify keys made by the others.
+fn shared_secrets(cfg: &Config) -> anyhow::Result<([u8; 32], [u8; 32], [u8; 32])> {
+    let wanted: [(&str, &Option<String>, &Option<PathBuf>); 3] = [
+        ("PORTCULLIS_KEY_PEPPER", &cfg.key_pepper, &cfg.key_pepper_file),
+        ("PORTCULLIS_MASTER_KEY", &cfg.master_key, &cfg.master_key_file),
+        ("PORTCULLIS_AUDIT_SIGNING_KEY", &cfg.audit_signing_key, &cfg.audit_signing_key_file),
+    ];
+    let missing: Vec<String> = wanted
+        .iter()
+        .filter(|(_, inline, file)| inline.is_none() && file.is_none())
+        .map(|(name, _, _)| format!("{name} (or {name}_FILE)"))
+        .collect();
+    if !missing.is_empty() {
         bail!(
-            "PORTCULLIS_DATABASE_URL / PORTCULLIS_REDIS_URL select the scale-out shape, which this build does not include yet; unset them to run on the embedded store in {}",
-            cfg.data_dir.display()
+            "the scale-out shape (PORTCULLIS_DATABASE_URL) needs the secrets that every instance shares, and these are missing: {}; each is 32 bytes written as 64 hex characters, the same on every instance",
+            missing.join(", ")
         );
     }
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
-    let pepper = secret(&cfg, "PORTCULLIS_KEY_PEPPER", &cfg.key_pepper, &cfg.key_pepper_file, "key-pepper")?;
-    let master_key = secret(&cfg, "PORTCULLIS_MASTER_KEY", &cfg.master_key, &cfg.master_key_file, "master-key")?;
-    let signing_key = secret(
-        &cfg,
-        "PORTCULLIS_AUDIT_SIGNING_KEY",
-        &cfg.audit_signing_key,
-        &cfg.audit_signing_key_file,
-        "audit-signing-key",
-    )?;
+    let mut out = [[0u8; 32]; 3];
+    for (slot, (name, inline, file)) in out.iter_mut().zip(wanted.iter()) {
+        *slot = secret_given(name, inline, file)?.ok_or_else(|| anyhow::anyhow!("{name} is missing"))?;
+    }
+    let [pepper, master, signing] = out;
+    Ok((pepper, master, signing))
+}
+
+/// A secret from the inline value or the named file, if either is configured.
+fn secret_given(env_name: &str, inline: &Option<String>, file: &Option<PathBuf>) -> anyhow::Result<Option<[u8; 32]>> {
+    if let Some(v) = inline {
+        return parse_hex32(env_name, v).map(Some);
+    }
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f).with_context(|| format!("{env_name}_FILE {}", f.display()))?;
+        return parse_hex32(&format!("{env_name}_FILE {}", f.display()), &text).map(Some);
+    }
+    Ok(None)
+}
+
+/// Pool sizes per instance: the main store serves requests; the audit writer needs one
+/// connection at a time (group commit) plus one for checkpoints; the reader serves audit queries.
+const PG_STORE_CONNECTIONS: u32 = 10;
+const PG_AUDIT_WRITER_CONNECTIONS: u32 = 2;
+const PG_AUDIT_READER_CONNECTIONS: u32 = 3;
+
+/// The scale-out store: migrates first when given the owner's URL, then refuses an application
+/// role that could bypass row-level security or a schema at another version.
+async fn open_postgres(
+    cfg: &Config,
+    url: &str,
+) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn AuditStore>, OpenAuditStore)> {
+    if let Some(owner_url) = &cfg.migration_database_url {
+        let app_role = pg::url_user(url)?;
+        let report = pg::migrate(owner_url, &app_role).await?;
+        if !report.applied.is_empty() {
+            tracing::info!(applied = ?report.applied, version = report.version, "PostgreSQL schema migrated");
+        }
+    }
+    let pool = pg::connect(url, PG_STORE_CONNECTIONS).await?;
+    let checked = pg::check_app_role(&pool).await?;
+    tracing::info!(
+        database = %pg::redact_url(url),
+        role = %checked.role,
+        schema_version = checked.version,
+        "store: PostgreSQL with row-level security"
+    );
+    let store: Arc<dyn Store> = Arc::new(pg::PgStore::new(pool));
+    let reader: Arc<dyn AuditStore> =
+        Arc::new(pg::PgAuditStore::new(pg::connect(url, PG_AUDIT_READER_CONNECTIONS).await?));
+    let url = url.to_owned();
+    let open_writer: OpenAuditStore = Box::new(move || {
+        Box::pin(async move {
+            let pool = pg::connect(&url, PG_AUDIT_WRITER_CONNECTIONS).await.map_err(|e| e.to_string())?;
+            Ok(Arc::new(pg::PgAuditStore::new(pool)) as Arc<dyn AuditStore>)
+        })
+    });
+    Ok((store, reader, open_writer))
+}
+
+async fn open_sqlite(cfg: &Config) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn AuditStore>, OpenAuditStore)> {
     let main_db = cfg.data_dir.join("portcullis.db");
     let audit_db = cfg.data_dir.join("audit.db");
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open(&main_db).await.with_context(|| format!("opening store {}", main_db.display()))?);
-    let audit_reader: Arc<dyn AuditStore> = Arc::new(
+    let reader: Arc<dyn AuditStore> = Arc::new(
         SqliteAuditStore::open(&audit_db, cfg.audit.fsync)
             .await
             .with_context(|| format!("opening audit database {}", audit_db.display()))?,
     );
     let fsync = cfg.audit.fsync;
+    let open_writer: OpenAuditStore = Box::new(move || {
+        Box::pin(async move {
+            let s = SqliteAuditStore::open(&audit_db, fsync).await.map_err(|e| e.to_string())?;
+            Ok(Arc::new(s) as Arc<dyn AuditStore>)
+        })
+    });
+    Ok((store, reader, open_writer))
+}
+
+/// `exclusive`: this process alone writes `writer_id`'s chain (serve, under its lock file).
+///
+/// `PORTCULLIS_DATABASE_URL` selects the scale-out shape: every store on PostgreSQL, the shared
+/// secrets from the environment. The data dir still holds what is the instance's own: its chain
+/// id, its lock and its JSONL audit files.
+pub async fn open(cfg: Config, writer_id: String, exclusive: bool) -> anyhow::Result<Opened> {
+    if cfg.redis_url.is_some() {
+        bail!(
+            "PORTCULLIS_REDIS_URL selects the shared Redis limiter, which this build does not wire in yet; unset it to use the in-process limiter"
+        );
+    }
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    let (pepper, master_key, signing_key) = if cfg.database_url.is_some() {
+        shared_secrets(&cfg)?
+    } else {
+        (
+            secret(&cfg, "PORTCULLIS_KEY_PEPPER", &cfg.key_pepper, &cfg.key_pepper_file, "key-pepper")?,
+            secret(&cfg, "PORTCULLIS_MASTER_KEY", &cfg.master_key, &cfg.master_key_file, "master-key")?,
+            secret(
+                &cfg,
+                "PORTCULLIS_AUDIT_SIGNING_KEY",
+                &cfg.audit_signing_key,
+                &cfg.audit_signing_key_file,
+                "audit-signing-key",
+            )?,
+        )
+    };
+    let (store, audit_reader, open_audit_store) = match &cfg.database_url {
+        Some(url) => open_postgres(&cfg, url).await?,
+        None => open_sqlite(&cfg).await?,
+    };
     let audit = AuditLog::start(
         AuditConfig {
             writer_id,
             dir: cfg.data_dir.join("audit"),
-            fsync,
+            fsync: cfg.audit.fsync,
             signing_key,
             checkpoint_every: cfg.audit.checkpoint_every,
             checkpoint_interval: Duration::from_secs(cfg.audit.checkpoint_interval_secs),
             max_batch: cfg.audit.max_batch,
             exclusive,
-            // The embedded log is its files; audit.db is the query index rebuilt from them.
-            acknowledge: if exclusive { Acknowledge::FileWrite } else { Acknowledge::DatabaseCommit },
+            // The embedded log is its files; audit.db is the query index rebuilt from them. In the
+            // scale-out shape the database is the log (an instance's disk may not outlive it).
+            acknowledge: if exclusive && cfg.database_url.is_none() {
+                Acknowledge::FileWrite
+            } else {
+                Acknowledge::DatabaseCommit
+            },
         },
-        move || {
-            Box::pin(async move {
-                let s = SqliteAuditStore::open(&audit_db, fsync).await.map_err(|e| e.to_string())?;
-                Ok(Arc::new(s) as Arc<dyn AuditStore>)
-            })
-        },
+        open_audit_store,
     )
     .await
     .map_err(|e| anyhow::anyhow!("audit log: {e}"))?;

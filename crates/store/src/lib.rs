@@ -6,10 +6,13 @@
 //! nature runs before a tenant is known, and return the row's tenant for the guard to check.
 //!
 //! SQL is written to port: TEXT ids, BIGINT unix-millisecond times, hex text for hashes.
-//! The embedded backend is SQLite; PostgreSQL fills the same traits next.
+//! The embedded backend is SQLite ([`sqlite`]); the scale-out backend is PostgreSQL with
+//! row-level security ([`postgres`]), where even those unscoped lookups run on a named system
+//! path that the database's policies bound.
 #![forbid(unsafe_code)]
 
 mod models;
+pub mod postgres;
 pub mod sqlite;
 
 pub use models::*;

@@ -27,9 +27,11 @@ fn node_id(data: &Path) -> String {
 // ---- the CLI against any data dir (a copy of a stopped server's) ----
 
 fn cli_on(data: &Path, args: &[&str]) -> (i32, String) {
+    let env = harness::scale_out_for(data).map(|(_, env)| env).unwrap_or_default();
     let out = Command::new(harness::BIN)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("PORTCULLIS_DATA_DIR", data)
         .env("USER", "tester")
         .args(args)
@@ -74,9 +76,47 @@ fn db_exec(data: &Path, statements: &[String]) {
     });
 }
 
-/// Every row of `audit_events` as the JSON record the JSONL files hold, ordered by writer and seq.
+/// Every row of `audit_events` as the JSON record the JSONL files hold, ordered by writer and seq:
+/// from the data dir's audit.db, or from the server's PostgreSQL database in that shape.
 fn db_records(data: &Path) -> Vec<Value> {
     use sqlx::Row;
+    if let Some((url, _)) = harness::scale_out_for(data) {
+        return tokio::runtime::Runtime::new().unwrap().block_on(async {
+            use sqlx::Connection;
+            let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+            let rows = sqlx::query("SELECT * FROM portcullis.audit_events ORDER BY writer_id, seq")
+                .fetch_all(&mut c)
+                .await
+                .unwrap();
+            rows.iter()
+                .map(|r| {
+                    // Rows of records that hold a NUL are stored escaped (`\\` and `\0`).
+                    let escaped: bool = r.try_get("nul_escaped").unwrap();
+                    let text = |col: &str| {
+                        r.try_get::<Option<String>, _>(col).unwrap().map(|v| if escaped { unescape_nul(&v) } else { v })
+                    };
+                    json!({
+                        "writer_id": text("writer_id"),
+                        "seq": r.try_get::<i64, _>("seq").unwrap(),
+                        "prev_hash": text("prev_hash"),
+                        "timestamp": text("timestamp"),
+                        "tenant_id": text("tenant_id"),
+                        "user_id": text("user_id"),
+                        "action": text("action"),
+                        "resource_type": text("resource_type"),
+                        "resource_id": text("resource_id"),
+                        "result": text("result"),
+                        "reason": text("reason"),
+                        "metadata": serde_json::from_str::<Value>(&text("metadata").unwrap()).unwrap(),
+                        "ip_address": text("ip_address"),
+                        "user_agent": text("user_agent"),
+                        "request_id": text("request_id"),
+                        "hash": text("hash"),
+                    })
+                })
+                .collect()
+        });
+    }
     with_db(data, async |pool| {
         let rows = sqlx::query("SELECT * FROM audit_events ORDER BY writer_id, seq").fetch_all(pool).await.unwrap();
         rows.iter()
@@ -111,6 +151,38 @@ fn db_records(data: &Path) -> Vec<Value> {
 fn db_caught_up(data: &Path) {
     let caught_up = harness::eventually(Duration::from_secs(5), || db_records(data).len() >= file_records(data).len());
     assert!(caught_up, "the audit database did not catch up with the files");
+}
+
+/// Undoes the PostgreSQL store's escaping of rows whose record holds a NUL.
+fn unescape_nul(v: &str) -> String {
+    let mut out = String::new();
+    let mut chars = v.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('0') => out.push('\0'),
+            Some(other) => out.push(other),
+            None => panic!("dangling escape in `{v}`"),
+        }
+    }
+    out
+}
+
+/// How many signed checkpoints the database holds.
+fn db_checkpoints(data: &Path) -> i64 {
+    if let Some((url, _)) = harness::scale_out_for(data) {
+        return tokio::runtime::Runtime::new().unwrap().block_on(async {
+            use sqlx::Connection;
+            let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+            sqlx::query_scalar("SELECT COUNT(*) FROM portcullis.audit_checkpoints").fetch_one(&mut c).await.unwrap()
+        });
+    }
+    with_db(data, async |pool| {
+        sqlx::query_scalar("SELECT COUNT(*) FROM audit_checkpoints").fetch_one(pool).await.unwrap()
+    })
 }
 
 fn db_request_ids(data: &Path) -> HashSet<String> {
@@ -509,6 +581,9 @@ type Tamper<'a> = Box<dyn Fn(&Path) + 'a>;
 
 #[test]
 fn audit_verify_passes_untouched_and_names_the_first_broken_link_of_each_tampering() {
+    if harness::embedded_only("tampers with copies of the data dir, whose database is its audit.db") {
+        return;
+    }
     let ev = evidence();
     let (w, n) = (ev.writer.clone(), ev.head);
     let work = tempfile::Builder::new().prefix("portcullis-tamper-").tempdir().unwrap();
@@ -735,9 +810,7 @@ fn a_clean_stop_signs_the_head_of_the_chain() {
         }
         // Each checkpoint goes to both sinks.
         let in_file = read_lines(&data.join("audit").join("checkpoints.jsonl")).len();
-        let in_db: i64 = with_db(&data, async |pool| {
-            sqlx::query_scalar("SELECT COUNT(*) FROM audit_checkpoints").fetch_one(pool).await.unwrap()
-        });
+        let in_db = db_checkpoints(&data);
         let gap = in_file as i64 - in_db;
         if gap != missing_in_db {
             unsigned

@@ -68,8 +68,8 @@ fn operators_created_by_the_cli_can_log_in_and_migrate_is_idempotent() {
     let token = s.login("ops@example.test", pw);
     let who: Value = s.get("/v1/auth/whoami").bearer_auth(&token).send().unwrap().json().unwrap();
     assert_eq!(who["kind"], "operator");
-    assert!(s.cli(&["migrate"]).status.success());
-    assert!(s.cli(&["migrate"]).status.success());
+    assert!(s.cli_migrate().status.success());
+    assert!(s.cli_migrate().status.success());
     let v = s.cli(&["audit", "verify"]);
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
 }

@@ -1,6 +1,6 @@
 //! Upstream credentials: set per tenant and route, stored sealed, injected by the proxy in place
 //! of anything the caller sent, never returned or logged.
-use crate::harness::{Server, problem};
+use crate::harness::{self, Server, problem};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -81,6 +81,12 @@ fn each_tenant_gets_its_own_sealed_credential_injected() {
     for entry in walk(&s.data_dir()) {
         let bytes = std::fs::read(&entry).unwrap();
         assert!(!bytes.windows(13).any(|w| w == b"sk-A-secret-1"), "{} holds the credential in clear", entry.display());
+    }
+    // In the PostgreSQL shape the rows live in the database: no table holds it in clear either.
+    if let Some((url, _)) = harness::scale_out_for(&s.data_dir()) {
+        let rows = harness::pg_all_rows_text(&url);
+        assert!(rows.contains("upstream_credentials:"), "the dump covers the credentials table");
+        assert!(!rows.contains("sk-A-secret-1"), "a database row holds the credential in clear");
     }
 
     // Removed: the upstream no longer gets it.

@@ -1,5 +1,11 @@
 //! Shared fixtures: start the real binary on a fresh data dir, log in, create tenants and keys,
 //! run CLI commands against the same data dir.
+//!
+//! The suite runs in either deployment shape: embedded (default) or, with
+//! `PORTCULLIS_TEST_SHAPE=postgres`, every server on its own fresh PostgreSQL database (migrated
+//! by `portcullis migrate` as its owner role, served as a plain application role, the shared
+//! secrets in the environment). Tests that read the embedded store's files call
+//! [`embedded_only`].
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
@@ -9,6 +15,191 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+/// Whether servers start in the scale-out shape (`PORTCULLIS_TEST_SHAPE=postgres`).
+pub fn shape_is_postgres() -> bool {
+    match std::env::var("PORTCULLIS_TEST_SHAPE").as_deref() {
+        Ok("postgres") => true,
+        Ok("embedded") | Ok("") | Err(_) => false,
+        Ok(other) => panic!("PORTCULLIS_TEST_SHAPE=`{other}`: expected `embedded` or `postgres`"),
+    }
+}
+
+/// For a test that only makes sense on the embedded store (it reads or tampers with the data
+/// dir's SQLite files directly): true, after saying why, when the suite runs on PostgreSQL, and
+/// the caller returns.
+pub fn embedded_only(reason: &str) -> bool {
+    if shape_is_postgres() {
+        eprintln!("embedded shape only, skipped on postgres: {reason}");
+        return true;
+    }
+    false
+}
+
+/// The admin (superuser) URL of the test PostgreSQL: `PORTCULLIS_TEST_PG_URL` (set by
+/// `scripts/test.sh`, which starts a throwaway server when none answers), else the standard
+/// loopback server with trust authentication.
+pub fn pg_admin_url() -> String {
+    std::env::var("PORTCULLIS_TEST_PG_URL")
+        .unwrap_or_else(|_| String::from("postgres://postgres@127.0.0.1:5432/postgres"))
+}
+
+/// `url` with its user, password and database replaced (host, port and parameters kept).
+pub fn pg_url_for(url: &str, user: &str, password: &str, db: &str) -> String {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let (authority, path) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let host = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
+    let query = path.split_once('?').map(|(_, q)| format!("?{q}")).unwrap_or_default();
+    format!("postgres://{user}:{password}@{host}/{db}{query}")
+}
+
+/// Runs statements on `url` (one connection, in order); panics naming the failing one.
+pub fn pg_exec(url: &str, statements: &[String]) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap_or_else(|e| {
+            panic!("connect to the test PostgreSQL: {e} (the README's test command, scripts/test.sh, provides one)")
+        });
+        for s in statements {
+            sqlx::raw_sql(s).execute(&mut c).await.unwrap_or_else(|e| panic!("{s}: {e}"));
+        }
+        let _ = c.close().await;
+    });
+}
+
+/// Every row of every table of the `portcullis` schema as text, each line `table: row` (read as
+/// the superuser: row-level security does not hide anything from it).
+pub fn pg_all_rows_text(admin_url: &str) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(admin_url).await.unwrap();
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = 'portcullis' AND c.relkind = 'r' ORDER BY 1",
+        )
+        .fetch_all(&mut c)
+        .await
+        .unwrap();
+        let mut out = String::new();
+        for t in tables {
+            let rows: Vec<String> =
+                sqlx::query_scalar(&format!("SELECT x::text FROM portcullis.{t} x")).fetch_all(&mut c).await.unwrap();
+            out.push_str(&format!("{t}:\n"));
+            for r in rows {
+                out.push_str(&format!("{t}: {r}\n"));
+            }
+        }
+        out
+    })
+}
+
+/// A fresh database with its own two roles, as a DBA would set them up for Portcullis: an owner
+/// (owns the database, runs `migrate`) and a plain login application role. Everything is
+/// uniquely named and dropped again on drop.
+pub struct PgDatabase {
+    pub name: String,
+    pub owner: String,
+    pub app: String,
+    /// Superuser on this database (for tests that inspect or tamper).
+    pub admin_url: String,
+    pub owner_url: String,
+    pub app_url: String,
+    /// The application role's password, which must never appear in any output.
+    pub app_password: String,
+    server_admin_url: String,
+}
+
+impl PgDatabase {
+    pub fn create() -> PgDatabase {
+        let server_admin_url = pg_admin_url();
+        let name = format!("pct_{}", uuid_like());
+        let owner = format!("{name}_owner");
+        let app = format!("{name}_app");
+        let owner_password = format!("own{}", uuid_like());
+        let app_password = format!("app{}", uuid_like());
+        pg_exec(
+            &server_admin_url,
+            &[
+                format!("CREATE ROLE {owner} LOGIN PASSWORD '{owner_password}'"),
+                format!("CREATE ROLE {app} LOGIN PASSWORD '{app_password}'"),
+                format!("CREATE DATABASE {name} OWNER {owner}"),
+            ],
+        );
+        let admin_url = {
+            let rest = server_admin_url.split_once("://").map(|(_, r)| r).unwrap_or(&server_admin_url);
+            let (authority, path) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+            let query = path.split_once('?').map(|(_, q)| format!("?{q}")).unwrap_or_default();
+            format!("postgres://{authority}/{name}{query}")
+        };
+        PgDatabase {
+            owner_url: pg_url_for(&server_admin_url, &owner, &owner_password, &name),
+            app_url: pg_url_for(&server_admin_url, &app, &app_password, &name),
+            admin_url,
+            name,
+            owner,
+            app,
+            app_password,
+            server_admin_url,
+        }
+    }
+
+    /// Runs `portcullis migrate` with both URLs, as the deployment guide says.
+    pub fn migrate(&self) {
+        let out = Command::new(BIN)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("PORTCULLIS_DATABASE_URL", &self.app_url)
+            .env("PORTCULLIS_MIGRATION_DATABASE_URL", &self.owner_url)
+            .arg("migrate")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "portcullis migrate failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        // Best effort: a leftover uniquely named database disturbs no later run.
+        let url = self.server_admin_url.clone();
+        let stmts = [
+            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            format!("DROP ROLE IF EXISTS {}", self.app),
+            format!("DROP ROLE IF EXISTS {}", self.owner),
+        ];
+        let _ = std::thread::spawn(move || {
+            let _ = std::panic::catch_unwind(|| pg_exec(&url, &stmts));
+        })
+        .join();
+    }
+}
+
+/// Servers started in the scale-out shape, by data dir: (admin URL of their database, the
+/// environment the CLI needs). Lets helpers that are given only a data dir reach its database.
+type Env = Vec<(String, String)>;
+static SCALE_OUT: std::sync::Mutex<Vec<(PathBuf, String, Env)>> = std::sync::Mutex::new(Vec::new());
+
+/// For a data dir of a server in the scale-out shape: its database's admin URL and its env.
+pub fn scale_out_for(data: &Path) -> Option<(String, Env)> {
+    let all = SCALE_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    all.iter().find(|(d, _, _)| d == data).map(|(_, url, env)| (url.clone(), env.clone()))
+}
+
+/// 32 random-enough bytes as 64 hex characters (test secrets).
+pub fn hex32() -> String {
+    format!("{}{}", uuid_like(), uuid_like())
+}
+
+/// The environment a scale-out instance needs: the application role's URL and the shared secrets.
+pub fn scale_out_env(db: &PgDatabase) -> Vec<(String, String)> {
+    vec![
+        (String::from("PORTCULLIS_DATABASE_URL"), db.app_url.clone()),
+        (String::from("PORTCULLIS_KEY_PEPPER"), hex32()),
+        (String::from("PORTCULLIS_MASTER_KEY"), hex32()),
+        (String::from("PORTCULLIS_AUDIT_SIGNING_KEY"), hex32()),
+    ]
+}
 
 pub struct Server {
     child: Option<Child>,
@@ -20,6 +211,8 @@ pub struct Server {
     pub config: Option<PathBuf>,
     pub bootstrap_password: Option<String>,
     pub stdout: Vec<String>,
+    /// The server's own database in the PostgreSQL shape; dropped after the process is killed.
+    pub pg: Option<PgDatabase>,
     client: Client,
 }
 
@@ -34,7 +227,31 @@ impl Server {
     }
 
     /// `env`: extra `PORTCULLIS_*` variables; `config_toml`: written to a file passed with `--config`.
+    /// In the PostgreSQL shape the server gets a fresh migrated database first (`env` may
+    /// still override any of its variables).
     pub fn start_with(env: &[(&str, &str)], config_toml: Option<&str>) -> Server {
+        let pg = shape_is_postgres().then(|| {
+            let db = PgDatabase::create();
+            db.migrate();
+            db
+        });
+        Self::start_on(pg, env, config_toml)
+    }
+
+    /// A server in the scale-out shape on `db` (already migrated), whatever the suite's shape.
+    pub fn start_on_postgres(db: PgDatabase, env: &[(&str, &str)]) -> Server {
+        Self::start_on(Some(db), env, None)
+    }
+
+    /// A server with exactly `env`, never provisioned a database (e.g. a second instance on
+    /// another server's database).
+    pub fn start_plain(env: &[(&str, &str)]) -> Server {
+        Self::start_on(None, env, None)
+    }
+
+    fn start_on(pg: Option<PgDatabase>, env: &[(&str, &str)], config_toml: Option<&str>) -> Server {
+        let mut all_env = pg.as_ref().map(scale_out_env).unwrap_or_default();
+        all_env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let dir = tempfile::Builder::new().prefix("portcullis-test-").tempdir().unwrap();
         let config = config_toml.map(|text| {
             let p = dir.path().join("portcullis.toml");
@@ -46,14 +263,28 @@ impl Server {
             base: String::new(),
             addr: String::new(),
             dir,
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: all_env,
             config,
             bootstrap_password: None,
             stdout: Vec::new(),
+            pg,
             client: client(),
         };
+        if let Some(db) = &s.pg {
+            let mut all = SCALE_OUT.lock().unwrap_or_else(|e| e.into_inner());
+            all.push((s.data_dir(), db.admin_url.clone(), s.env.clone()));
+        }
         s.spawn();
         s
+    }
+
+    /// `portcullis migrate` as an operator runs it: on PostgreSQL with the owner's URL too.
+    pub fn cli_migrate(&self) -> Output {
+        let mut c = self.command();
+        if let Some(db) = &self.pg {
+            c.env("PORTCULLIS_MIGRATION_DATABASE_URL", &db.owner_url);
+        }
+        c.arg("migrate").stdin(Stdio::null()).output().unwrap()
     }
 
     pub fn data_dir(&self) -> PathBuf {
