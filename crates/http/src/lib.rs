@@ -10,6 +10,7 @@ pub mod middleware;
 pub mod proxy;
 mod routes;
 pub mod server;
+pub mod timer;
 pub mod views;
 
 use axum::Router;

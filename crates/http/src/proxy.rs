@@ -380,7 +380,7 @@ pub fn rate_headers(h: &mut HeaderMap, r: &RateInfo) {
 struct SlotBody {
     inner: hyper::body::Incoming,
     idle: Duration,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    deadline: crate::timer::CoarseSleep,
     _slot: Option<Slot>,
     _in_flight: Option<InFlight>,
 }
@@ -399,11 +399,10 @@ impl http_body::Body for SlotBody {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                let next = tokio::time::Instant::now() + self.idle;
-                self.deadline.as_mut().reset(next);
+                self.deadline.reset(std::time::Instant::now() + self.idle);
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
-            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+            Poll::Pending => match Pin::new(&mut self.deadline).poll(cx) {
                 Poll::Ready(()) => {
                     let idle = self.idle;
                     Poll::Ready(Some(Err(Box::new(IdleTimeout(idle)))))
@@ -563,11 +562,16 @@ async fn forward(
         rate_headers(r.headers_mut(), &admission.rate);
         Ok(r)
     };
-    let res = match tokio::time::timeout(timeout, route.send(conn, upstream_req)).await {
-        Err(_) => return failed(ApiError::UpstreamTimeout),
-        Ok(Err(UpstreamFailure::BodyTooLarge)) => return failed(ApiError::PayloadTooLarge),
-        Ok(Err(UpstreamFailure::Unreachable)) => return failed(ApiError::BadGateway),
-        Ok(Ok(r)) => r,
+    let sent = tokio::select! {
+        biased;
+        sent = route.send(conn, upstream_req) => Some(sent),
+        () = crate::timer::CoarseSleep::after(timeout) => None,
+    };
+    let res = match sent {
+        None => return failed(ApiError::UpstreamTimeout),
+        Some(Err(UpstreamFailure::BodyTooLarge)) => return failed(ApiError::PayloadTooLarge),
+        Some(Err(UpstreamFailure::Unreachable)) => return failed(ApiError::BadGateway),
+        Some(Ok(r)) => r,
     };
     let (mut rparts, rbody) = res.into_parts();
     strip_response_headers(&mut rparts.headers);
@@ -578,7 +582,7 @@ async fn forward(
     let body = Body::new(SlotBody {
         inner: rbody,
         idle,
-        deadline: Box::pin(tokio::time::sleep(idle)),
+        deadline: crate::timer::CoarseSleep::after(idle),
         _slot: admission.slot,
         _in_flight: in_flight,
     });

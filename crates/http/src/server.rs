@@ -11,7 +11,7 @@ use crate::Gateway;
 use crate::middleware::PeerAddr;
 use axum::body::Body;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
@@ -77,10 +77,10 @@ fn builder(settings: &ServeSettings) -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
+        .timer(crate::timer::CoarseTimer)
         .header_read_timeout(settings.header_read_timeout)
         .max_buf_size(settings.max_header_bytes.max(8192));
-    builder.http2().timer(TokioTimer::new());
+    builder.http2().timer(crate::timer::CoarseTimer);
     builder
 }
 
