@@ -72,7 +72,7 @@ fn env(fsync: bool) -> Env {
         .await
         .unwrap();
         let op = Grant {
-            principal: Principal::system_operator(String::from("bench")),
+            principal: Arc::new(Principal::system_operator(String::from("bench"))),
             scope: None,
             permission: Permission::TenantsManage,
         };

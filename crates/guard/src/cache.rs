@@ -1,17 +1,28 @@
 //! In-memory caches of credentials and tenant states, keyed for the hot path, with reverse
 //! indexes so a change-feed entry (which names an id) finds the cached entry to drop.
 use dashmap::DashMap;
+use portcullis_core::Principal;
 use portcullis_core::iplist::IpPolicy;
 use portcullis_core::limits::LimitOverrides;
 use portcullis_core::{KeyId, TenantId, Tier};
 use portcullis_store::{ApiKeyRecord, Change, ChangeKind, SessionRecord, TenantStatus, User};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 #[derive(Clone, Debug)]
 pub struct TenantState {
     pub status: TenantStatus,
     pub tier: Tier,
+}
+
+/// A verified key as the hot path needs it: the stored hash already decoded for the
+/// constant-time comparison, the principal already built, and when it was last used (written by
+/// every request without a lock; the maintenance task flushes it to the store).
+pub struct CachedKey {
+    pub record: ApiKeyRecord,
+    pub hash: [u8; 32],
+    pub principal: Arc<Principal>,
+    pub last_used_ms: AtomicI64,
 }
 
 pub struct CachedSession {
@@ -26,8 +37,8 @@ pub struct CachedSession {
 #[derive(Default)]
 pub struct Caches {
     generation: AtomicU64,
-    /// HMAC hex → key record.
-    pub keys: DashMap<String, Arc<ApiKeyRecord>>,
+    /// HMAC hex → verified key.
+    pub keys: DashMap<String, Arc<CachedKey>>,
     key_index: DashMap<KeyId, String>,
     /// Token SHA-256 hex → session.
     pub sessions: DashMap<String, Arc<CachedSession>>,
@@ -73,9 +84,9 @@ impl Caches {
         self.upstream.remove(key);
     }
 
-    pub fn insert_key(&self, hash_hex: String, record: Arc<ApiKeyRecord>) {
-        self.key_index.insert(record.id.clone(), hash_hex.clone());
-        self.keys.insert(hash_hex, record);
+    pub fn insert_key(&self, hash_hex: String, key: Arc<CachedKey>) {
+        self.key_index.insert(key.record.id.clone(), hash_hex.clone());
+        self.keys.insert(hash_hex, key);
     }
 
     pub fn remove_key(&self, id: &KeyId) {

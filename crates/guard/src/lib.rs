@@ -18,7 +18,6 @@ pub mod sealed;
 pub use jwt::{JwtConfig, JwtKeyConfig};
 pub use login::{LoginOk, LoginPolicy};
 
-use dashmap::DashMap;
 use portcullis_audit::{AuditLog, AuditUnavailable};
 use portcullis_core::audit::{AuditEvent, AuditResult};
 use portcullis_core::iplist::{IpPolicy, IpVerdict};
@@ -107,7 +106,8 @@ pub enum GuardError {
 /// Proof that a principal may do something; `scope` is set when the action is inside a tenant.
 #[derive(Clone, Debug)]
 pub struct Grant {
-    pub principal: Principal,
+    /// Shared with the credential cache: a request does not copy its caller.
+    pub principal: Arc<Principal>,
     pub scope: Option<TenantScope>,
     pub permission: Permission,
 }
@@ -180,8 +180,6 @@ pub struct Guard {
     cache: cache::Caches,
     login: login::Throttle,
     jwt: Option<jwt::JwtVerifier>,
-    /// Keys used since the last flush, written to the store in batches off the hot path.
-    touched: DashMap<KeyId, i64>,
     change_seq: AtomicI64,
 }
 
@@ -215,7 +213,6 @@ impl Guard {
             cache: cache::Caches::default(),
             login: login::Throttle::new(cfg.login),
             jwt,
-            touched: DashMap::new(),
             change_seq: AtomicI64::new(seq),
         }))
     }
@@ -288,7 +285,7 @@ impl Guard {
 
     pub async fn authorize(
         &self,
-        principal: Principal,
+        principal: Arc<Principal>,
         x_tenant_id: Option<&str>,
         permission: Permission,
         meta: &RequestMeta,
@@ -357,27 +354,12 @@ impl Guard {
         &self,
         credential: Option<Credential>,
         meta: &RequestMeta,
-    ) -> Result<Principal, GuardError> {
+    ) -> Result<Arc<Principal>, GuardError> {
         let Some(credential) = credential else {
             let mut e = self.event(meta, "auth.failure", AuditResult::Failure);
             e.reason = Some(String::from("missing_credential"));
             self.record(e).await?;
             return Err(GuardError::Unauthenticated("missing credential"));
-        };
-        let (kind, hint) = match &credential {
-            Credential::ApiKey(k) => ("api_key", Some(apikey::display_prefix(k).to_owned())),
-            Credential::Session(_) => ("session", None),
-            Credential::Jwt(_) => ("jwt", None),
-        };
-        // Guessing is limited per client IP and per key prefix (checksum-valid keys only: a
-        // prefix is visible to tenant readers, so junk carrying it must not lock the real key).
-        let now = self.now_ms();
-        let ip_key = format!("ip:{}", meta.ip.as_deref().unwrap_or("unknown"));
-        let prefix_key = match &credential {
-            Credential::ApiKey(k) if apikey::validate(k).is_ok() => {
-                Some(format!("prefix:{}", apikey::display_prefix(k)))
-            }
-            _ => None,
         };
         let outcome = match &credential {
             Credential::ApiKey(k) => self.verify_key(k).await,
@@ -397,6 +379,22 @@ impl Guard {
             }
             Err(AuthFailure::Invalid(reason)) => {
                 metrics::counter!("portcullis_auth_failures_total", "reason" => reason).increment(1);
+                let (kind, hint) = match &credential {
+                    Credential::ApiKey(k) => ("api_key", Some(apikey::display_prefix(k).to_owned())),
+                    Credential::Session(_) => ("session", None),
+                    Credential::Jwt(_) => ("jwt", None),
+                };
+                // Guessing is limited per client IP and per key prefix (checksum-valid keys
+                // only: a prefix is visible to tenant readers, so junk carrying it must not lock
+                // the real key).
+                let now = self.now_ms();
+                let ip_key = format!("ip:{}", meta.ip.as_deref().unwrap_or("unknown"));
+                let prefix_key = match &credential {
+                    Credential::ApiKey(k) if apikey::validate(k).is_ok() => {
+                        Some(format!("prefix:{}", apikey::display_prefix(k)))
+                    }
+                    _ => None,
+                };
                 // Only failures are ever refused for guessing: a credential that verifies passes
                 // even from a locked address or prefix.
                 let policy = self.failed.policy();
@@ -457,32 +455,51 @@ impl Guard {
         }
     }
 
-    async fn verify_key(&self, key: &str) -> Result<Principal, AuthFailure> {
+    async fn verify_key(&self, key: &str) -> Result<Arc<Principal>, AuthFailure> {
         // Shape and checksum first: garbage never reaches the cache or the store.
         apikey::validate(key).map_err(|_| AuthFailure::Invalid("malformed_api_key"))?;
         let hash = apikey::hash(&self.pepper, key);
         let hash_hex = hex::encode(hash);
-        let record = match self.cache.keys.get(&hash_hex) {
-            Some(r) => r.clone(),
+        let cached = match self.cache.keys.get(&hash_hex) {
+            Some(k) => k.clone(),
             None => {
                 let generation = self.cache.generation();
                 let Some(r) = self.store.find_key_by_hash(&hash_hex).await.map_err(AuthFailure::Store)? else {
                     return Err(AuthFailure::Invalid("unknown_api_key"));
                 };
-                let r = Arc::new(r);
-                self.cache.insert_key(hash_hex.clone(), r.clone());
+                let Some(stored) = hex::decode(&r.hash_hex).ok().and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+                else {
+                    return Err(AuthFailure::Invalid("unknown_api_key"));
+                };
+                let principal = Arc::new(Principal {
+                    kind: PrincipalKind::ApiKey,
+                    id: format!("key:{}", r.id),
+                    tenant_id: Some(r.tenant_id.clone()),
+                    role: Some(r.role),
+                    key_id: Some(r.id.clone()),
+                    user_id: None,
+                    session_id: None,
+                    scopes: r.scopes.clone(),
+                });
+                let k = Arc::new(cache::CachedKey {
+                    record: r,
+                    hash: stored,
+                    principal,
+                    last_used_ms: std::sync::atomic::AtomicI64::new(0),
+                });
+                self.cache.insert_key(hash_hex.clone(), k.clone());
                 if self.cache.stale_since(generation) {
                     self.cache.keys.remove(&hash_hex);
                 }
-                r
+                k
             }
         };
         // The lookup matched on the hash; compare again in constant time so equality of the
         // stored value is never decided by a short-circuiting comparison.
-        let stored = hex::decode(&record.hash_hex).ok().and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok());
-        if !stored.is_some_and(|s| apikey::hashes_equal(&s, &hash)) {
+        if !apikey::hashes_equal(&cached.hash, &hash) {
             return Err(AuthFailure::Invalid("unknown_api_key"));
         }
+        let record = &cached.record;
         let now = self.now_ms();
         if record.revoked_at_ms.is_some() {
             return Err(AuthFailure::Invalid("revoked_api_key"));
@@ -490,22 +507,12 @@ impl Guard {
         if record.expires_at_ms.is_some_and(|e| e <= now) {
             return Err(AuthFailure::Invalid("expired_api_key"));
         }
-        let principal_id = format!("key:{}", record.id);
-        self.tenant_active(&record.tenant_id, &principal_id).await?;
-        self.touched.insert(record.id.clone(), now);
-        Ok(Principal {
-            kind: PrincipalKind::ApiKey,
-            id: principal_id,
-            tenant_id: Some(record.tenant_id.clone()),
-            role: Some(record.role),
-            key_id: Some(record.id.clone()),
-            user_id: None,
-            session_id: None,
-            scopes: record.scopes.clone(),
-        })
+        self.tenant_active(&record.tenant_id, &cached.principal.id).await?;
+        cached.last_used_ms.store(now, std::sync::atomic::Ordering::Relaxed);
+        Ok(cached.principal.clone())
     }
 
-    async fn verify_session(&self, token: &str) -> Result<Principal, AuthFailure> {
+    async fn verify_session(&self, token: &str) -> Result<Arc<Principal>, AuthFailure> {
         if token.len() > 128 {
             return Err(AuthFailure::Invalid("malformed_session_token"));
         }
@@ -543,7 +550,7 @@ impl Guard {
         if let Some(t) = &user.tenant_id {
             self.tenant_active(t, &principal_id).await?;
         }
-        Ok(Principal {
+        Ok(Arc::new(Principal {
             kind: if user.is_operator() { PrincipalKind::Operator } else { PrincipalKind::User },
             id: principal_id,
             tenant_id: user.tenant_id.clone(),
@@ -552,17 +559,17 @@ impl Guard {
             user_id: Some(user.id.clone()),
             session_id: Some(entry.session.id.clone()),
             scopes: Vec::new(),
-        })
+        }))
     }
 
-    async fn verify_jwt(&self, token: &str) -> Result<Principal, AuthFailure> {
+    async fn verify_jwt(&self, token: &str) -> Result<Arc<Principal>, AuthFailure> {
         let Some(v) = &self.jwt else {
             return Err(AuthFailure::Invalid("jwt_not_configured"));
         };
         let claims = v.verify(token).map_err(AuthFailure::Invalid)?;
         let principal_id = format!("jwt:{}", claims.subject);
         self.tenant_active(&claims.tenant, &principal_id).await?;
-        Ok(Principal {
+        Ok(Arc::new(Principal {
             kind: PrincipalKind::Jwt,
             id: principal_id,
             tenant_id: Some(claims.tenant),
@@ -571,7 +578,7 @@ impl Guard {
             user_id: None,
             session_id: None,
             scopes: Vec::new(),
-        })
+        }))
     }
 
     /// The limits that apply to a tenant now (tier defaults + overrides), from cache.
@@ -752,9 +759,17 @@ impl Guard {
     }
 
     pub async fn flush_usage(&self) {
-        let used: Vec<(KeyId, i64)> = self.touched.iter().map(|e| (e.key().clone(), *e.value())).collect();
-        for (k, _) in &used {
-            self.touched.remove(k);
+        let used: Vec<(KeyId, i64)> = self
+            .cache
+            .keys
+            .iter()
+            .filter_map(|e| {
+                let at = e.value().last_used_ms.swap(0, std::sync::atomic::Ordering::Relaxed);
+                (at > 0).then(|| (e.value().record.id.clone(), at))
+            })
+            .collect();
+        if used.is_empty() {
+            return;
         }
         if let Err(e) = self.store.touch_keys(&used).await {
             tracing::warn!(error = %e, "could not record key last_used_at");

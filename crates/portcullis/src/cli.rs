@@ -140,7 +140,7 @@ fn actor() -> Principal {
 }
 
 fn grant(scope: Option<TenantScope>) -> Grant {
-    Grant { principal: actor(), scope, permission: Permission::TenantsManage }
+    Grant { principal: std::sync::Arc::new(actor()), scope, permission: Permission::TenantsManage }
 }
 
 fn meta() -> RequestMeta {

@@ -31,7 +31,7 @@ async fn bootstrap(guard: &Arc<Guard>, listen: &str) -> anyhow::Result<()> {
     let raw = portcullis_guard::random_bytes::<24>().map_err(anyhow::Error::msg)?;
     let password: String = portcullis_core::apikey::generate(&raw).chars().skip(3).take(24).collect();
     let system = Grant {
-        principal: Principal::system_operator(String::from("system:bootstrap")),
+        principal: Arc::new(Principal::system_operator(String::from("system:bootstrap"))),
         scope: None,
         permission: portcullis_core::Permission::TenantsManage,
     };

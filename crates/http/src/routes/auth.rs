@@ -97,5 +97,5 @@ pub async fn logout(a: Authed<perm::Session>) -> Result<axum::http::StatusCode, 
     responses((status = 200, body = PrincipalView), (status = 401, body = ProblemDoc)))]
 pub async fn whoami(a: Authed<perm::Session>) -> Result<Json<PrincipalView>, ApiError> {
     a.record_ok("auth.whoami", "principal", Some(&a.grant.principal.id)).await?;
-    Ok(Json(PrincipalView::from(&a.grant.principal)))
+    Ok(Json(PrincipalView::from(&*a.grant.principal)))
 }

@@ -160,7 +160,7 @@ pub async fn authorize(
     let answer = AuthorizeResponse {
         decision: String::from(if allowed { "allow" } else { "deny" }),
         reasons,
-        principal: super::auth::PrincipalView::from(p),
+        principal: super::auth::PrincipalView::from(&**p),
         limits,
     };
     Ok((headers, Json(answer)).into_response())
