@@ -160,21 +160,15 @@ impl ChainLog {
             return;
         }
         let mut records = Vec::with_capacity(events.len());
+        let mut buf = Vec::with_capacity(600 * events.len());
         let (mut seq, mut prev) = (inner.head_seq, inner.head_hash.clone());
         for e in events {
             seq += 1;
-            let r = AuditRecord::chain(&self.writer_id, seq, &prev, e);
+            let (r, line) = AuditRecord::chain_line(&self.writer_id, seq, &prev, e);
             prev.clone_from(&r.hash);
-            records.push(r);
-        }
-        let mut buf = Vec::with_capacity(600 * records.len());
-        for r in &records {
-            if let Err(e) = serde_json::to_writer(&mut buf, r) {
-                drop(inner);
-                refuse(waiters, &e.to_string());
-                return;
-            }
+            buf.extend_from_slice(&line);
             buf.push(b'\n');
+            records.push(r);
         }
         let (file, path, len_before) = match inner.write(&self.dir, self.fsync, &buf) {
             Ok(w) => w,

@@ -140,6 +140,46 @@ impl AuditRecord {
         r
     }
 
+    /// [`AuditRecord::chain`], and the record's JSON line (no newline) written from the same
+    /// serialisation the hash covers: the canonical object with `"hash"` added last. The log
+    /// writes every record once, so serialising it once instead of twice is worth the care.
+    pub fn chain_line(writer_id: &str, seq: u64, prev_hash: &str, event: AuditEvent) -> (AuditRecord, Vec<u8>) {
+        let mut r = AuditRecord::chain_unhashed(writer_id, seq, prev_hash, event);
+        let mut line = r.canonical_bytes();
+        r.hash = hex::encode(Sha256::digest(&line));
+        // INVARIANT: `line` is a JSON object, so it ends with `}`.
+        if line.last() == Some(&b'}') {
+            line.pop();
+            line.extend_from_slice(b",\"hash\":\"");
+            line.extend_from_slice(r.hash.as_bytes());
+            line.extend_from_slice(b"\"}");
+        } else {
+            line = serde_json::to_vec(&r).unwrap_or_default();
+        }
+        (r, line)
+    }
+
+    fn chain_unhashed(writer_id: &str, seq: u64, prev_hash: &str, event: AuditEvent) -> AuditRecord {
+        AuditRecord {
+            writer_id: writer_id.to_owned(),
+            seq,
+            prev_hash: prev_hash.to_owned(),
+            timestamp: crate::timefmt::rfc3339_ms(event.timestamp_ms),
+            tenant_id: event.tenant_id,
+            user_id: event.user_id,
+            action: event.action,
+            resource_type: event.resource_type,
+            resource_id: event.resource_id,
+            result: event.result,
+            reason: event.reason,
+            metadata: event.metadata,
+            ip_address: event.ip_address,
+            user_agent: event.user_agent,
+            request_id: event.request_id,
+            hash: String::new(),
+        }
+    }
+
     pub fn canonical_bytes(&self) -> Vec<u8> {
         let c = Canonical {
             writer_id: &self.writer_id,
@@ -186,8 +226,13 @@ mod tests {
         let mut edited = back.clone();
         edited.result = AuditResult::Denied;
         assert_ne!(edited.compute_hash(), r1.hash);
-        let r2 = AuditRecord::chain("w", 2, &r1.hash, e);
+        let r2 = AuditRecord::chain("w", 2, &r1.hash, e.clone());
         assert_eq!(r2.prev_hash, r1.hash);
         assert_ne!(r2.hash, r1.hash);
+        // The log's one-pass line is the same record.
+        let (r3, line) = AuditRecord::chain_line("w", 2, &r1.hash, e);
+        assert_eq!(r3.hash, r2.hash);
+        let parsed: serde_json::Value = serde_json::from_slice(&line).unwrap_or_default();
+        assert_eq!(parsed, serde_json::to_value(&r2).unwrap_or_default());
     }
 }

@@ -318,7 +318,10 @@ fn remove_connection_listed(h: &mut HeaderMap) {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .map(str::trim)
+        // The usual tokens name no header to remove (`keep-alive` is removed anyway).
+        .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for name in listed {
         h.remove(name);
@@ -365,14 +368,9 @@ fn strip_response_headers(h: &mut HeaderMap) {
 }
 
 pub fn rate_headers(h: &mut HeaderMap, r: &RateInfo) {
-    let mut put = |k: &'static str, v: u64| {
-        if let Ok(v) = HeaderValue::from_str(&v.to_string()) {
-            h.insert(k, v);
-        }
-    };
-    put("x-ratelimit-limit", u64::from(r.limit));
-    put("x-ratelimit-remaining", u64::from(r.remaining));
-    put("x-ratelimit-reset", r.reset_secs);
+    h.insert("x-ratelimit-limit", HeaderValue::from(r.limit));
+    h.insert("x-ratelimit-remaining", HeaderValue::from(r.remaining));
+    h.insert("x-ratelimit-reset", HeaderValue::from(r.reset_secs));
 }
 
 /// The upstream's body, holding the tenant's concurrency slot until it ends, fails, is dropped
@@ -516,7 +514,10 @@ async fn forward(
     let mut e = app.guard.event_for(&grant, meta, &route.cfg.action, AuditResult::Success);
     e.resource_type = Some(String::from("route"));
     e.resource_id = Some(route.cfg.prefix.clone());
-    e.metadata = serde_json::json!({ "method": parts.method.as_str(), "path": parts.uri.path() });
+    if let serde_json::Value::Object(m) = &mut e.metadata {
+        m.insert(String::from("method"), serde_json::Value::from(parts.method.as_str()));
+        m.insert(String::from("path"), serde_json::Value::from(parts.uri.path()));
+    }
     app.guard.record(e).await?;
 
     let uri = route.upstream_path(&parts.uri)?;
