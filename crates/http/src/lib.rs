@@ -170,12 +170,12 @@ impl Gateway {
     /// The route a request to `path` is proxied on, when the data plane's own path may take it.
     /// With CORS configured, browser requests (those with an `Origin`) go through the router,
     /// whose CORS layer must see them.
-    pub(crate) fn direct_route(&self, req: &hyper::Request<hyper::body::Incoming>) -> Option<Arc<proxy::Route>> {
+    pub(crate) fn direct_route(&self, req: &hyper::Request<hyper::body::Incoming>) -> Option<&Arc<proxy::Route>> {
         let route = self.state.routes.find(req.uri().path())?;
         if self.state.settings.cors.is_some() && req.headers().contains_key(axum::http::header::ORIGIN) {
             return None;
         }
-        Some(route.clone())
+        Some(route)
     }
 
     pub(crate) fn state(&self) -> &AppState {

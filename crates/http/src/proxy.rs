@@ -446,15 +446,15 @@ pub async fn proxy(State(app): State<AppState>, req: Request) -> Response {
 /// route: the edge phases, the body-size limit and [`forward`], without the admin API's router
 /// and layers in between (they cost more than the whole proxy hop did).
 pub(crate) async fn handle(
-    app: AppState,
-    route: Arc<Route>,
+    app: &AppState,
+    route: &Arc<Route>,
     req: hyper::Request<hyper::body::Incoming>,
     peer: std::net::SocketAddr,
     conn: crate::server::ConnState,
 ) -> Response {
-    let ctx = crate::middleware::EdgeCtx::begin(&app, req.headers(), Some(peer.ip()), None);
-    if let Some(refused) = ctx.refusal(&app).await {
-        return ctx.finish(&app, refused);
+    let ctx = crate::middleware::EdgeCtx::begin(app, req.headers(), Some(peer.ip()), None);
+    if let Some(refused) = ctx.refusal(app).await {
+        return ctx.finish(app, refused);
     }
     let (parts, body) = req.into_parts();
     let limit = app.settings.max_body_bytes;
@@ -465,13 +465,13 @@ pub(crate) async fn handle(
     } else {
         // Also holds for bodies streamed without Content-Length: the limit cuts them off.
         let body = Body::new(http_body_util::Limited::new(body, limit));
-        match forward(&app, &route, parts, body, &ctx.meta, &ctx.tenant, Some(&conn)).await {
+        match forward(app, route, parts, body, &ctx.meta, &ctx.tenant, Some(&conn)).await {
             Ok(r) => r,
             Err(e) => e.into_response(),
         }
     };
     res.extensions_mut().insert(RouteLabel(route.cfg.prefix.clone()));
-    ctx.finish(&app, res)
+    ctx.finish(app, res)
 }
 
 /// Phases, in order: authenticate → tenant guard → permission → route scope → limits → audit

@@ -105,6 +105,10 @@ fn start_edge(
             }
         };
         let builder = builder(&settings);
+        // This thread's own handle on the gateway: the per-request clone below then touches a
+        // reference count no other core writes (clones of the shared state's inner `Arc`s
+        // bounced their cache lines between the cores on every request).
+        let app = Arc::new(app);
         rt.block_on(async move {
             let graceful = GracefulShutdown::new();
             let mut open = true;
@@ -129,12 +133,12 @@ fn start_edge(
                             let conn_state = conn_state.clone();
                             async move {
                                 if let Some(route) = app.direct_route(&req) {
-                                    let res = crate::proxy::handle(app.state().clone(), route, req, peer, conn_state).await;
+                                    let res = crate::proxy::handle(app.state(), route, req, peer, conn_state).await;
                                     return Ok::<_, std::convert::Infallible>(res);
                                 }
                                 req.extensions_mut().insert(PeerAddr(peer));
                                 req.extensions_mut().insert(conn_state);
-                                app.router.oneshot(req.map(Body::new)).await
+                                app.router.clone().oneshot(req.map(Body::new)).await
                             }
                         });
                         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
