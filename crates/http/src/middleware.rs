@@ -140,11 +140,13 @@ impl EdgeCtx {
             Some(r) => r.0,
             None => self.matched.unwrap_or_else(|| String::from("unmatched")),
         };
-        let tenant = self.tenant.0.get().map(|t| app.tenant_labels.label(t)).unwrap_or_else(|| String::from("none"));
-        metrics::counter!("portcullis_requests_total", "route" => route.clone(), "status" => status.as_str().to_owned(), "tenant" => tenant)
-            .increment(1);
-        metrics::histogram!("portcullis_request_duration_seconds", "route" => route)
-            .record(self.started.elapsed().as_secs_f64());
+        crate::metrics::count_request(
+            &app.tenant_labels,
+            &route,
+            status.as_u16(),
+            self.tenant.0.get().map(String::as_str),
+            self.started.elapsed().as_secs_f64(),
+        );
         security_headers(res.headers_mut());
         if self.smuggling {
             res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -578,7 +578,7 @@ async fn forward(
     strip_response_headers(&mut rparts.headers);
     rate_headers(&mut rparts.headers, &admission.rate);
     rparts.extensions.insert(Proxied);
-    let in_flight = grant.principal.tenant_id.as_ref().map(|t| InFlight::start(app.tenant_labels.label(t.as_str())));
+    let in_flight = grant.principal.tenant_id.as_ref().map(|t| InFlight::start(&app.tenant_labels, t.as_str()));
     let idle = Duration::from_secs(route.cfg.idle_timeout_secs);
     let body = Body::new(SlotBody {
         inner: rbody,
