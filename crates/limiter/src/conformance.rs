@@ -108,6 +108,32 @@ fn closed_port_url() -> String {
     format!("redis://127.0.0.1:{port}")
 }
 
+async fn a_raised_rate_applies_at_once(lim: &dyn Limiter) {
+    let l = limits(10, 100, 1_000);
+    for _ in 0..10 {
+        assert!(lim.admit(&req("t1", &l, false)).await.is_ok());
+    }
+    assert_eq!(lim.admit(&req("t1", &l, false)).await.err().map(|r| r.kind), Some(LimitKind::Tenant));
+    let raised = limits(20, 100, 1_000);
+    for i in 0..10 {
+        let a = lim.admit(&req("t1", &raised, false)).await.unwrap_or_else(|r| panic!("request {i} refused: {r:?}"));
+        assert_eq!(a.rate.limit, 20);
+    }
+}
+
+/// Redis keeps the cells used when a limit changes (the in-process limiter starts a new bucket):
+/// a lowered rate holds at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_a_lowered_rate_holds_at_once() {
+    let lim = redis_limiter(&fresh_prefix()).await;
+    let l = limits(20, 100, 1_000);
+    for _ in 0..10 {
+        assert!(lim.admit(&req("t1", &l, false)).await.is_ok());
+    }
+    let lowered = limits(5, 100, 1_000);
+    assert_eq!(lim.admit(&req("t1", &lowered, false)).await.err().map(|r| r.kind), Some(LimitKind::Tenant));
+}
+
 macro_rules! conformance {
     ($($name:ident),*) => {
         mod local_backend {
@@ -140,7 +166,12 @@ macro_rules! conformance {
     };
 }
 
-conformance!(rate_admits_exactly_the_limit, slots_come_back_when_released, daily_quota_counts_admitted_requests);
+conformance!(
+    rate_admits_exactly_the_limit,
+    slots_come_back_when_released,
+    daily_quota_counts_admitted_requests,
+    a_raised_rate_applies_at_once
+);
 
 /// Three instances sharing one Redis and one limit, hammered concurrently: exactly the limit is
 /// admitted in total — no over-admission across instances.

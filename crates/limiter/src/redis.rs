@@ -29,8 +29,11 @@ use std::time::Duration;
 /// Returns {admitted, kind, retry_after_ms, remaining, reset_ms, quota_remaining, now_ms};
 /// admitted = -1 when the script ran past its deadline (the caller gave up on it already).
 ///
-/// Buckets are GCRA: the key holds the theoretical arrival time (TAT) in ms; a request is
-/// admitted when TAT - now <= tau, i.e. within the burst of `limit` per period. The day of the
+/// Buckets are GCRA: the key is a hash of the theoretical arrival time (`t`, TAT, in ms) and the
+/// emission interval it was computed with (`i`); a request is admitted when TAT - now <= tau,
+/// i.e. within the burst of `limit` per period. When the limit changes (an operator raised or
+/// lowered it) the cells already used are kept and re-priced at the new interval, so a raised
+/// limit admits the difference at once and a lowered one holds at once. The day of the
 /// quota is Redis's day too, so instances with skewed clocks still share one day.
 ///
 /// Atomic because check-then-commit across several keys must not interleave with another
@@ -56,15 +59,21 @@ for i, s in ipairs(specs) do
   if limit > 0 then
     local interval = s[3] / limit
     local tau = interval * (limit - 1)
-    local tat = tonumber(redis.call('GET', s[1])) or now
+    local b = redis.call('HMGET', s[1], 't', 'i')
+    local tat = tonumber(b[1]) or now
     if tat < now then tat = now end
+    local was = tonumber(b[2])
+    if was and was ~= interval then
+      -- The limit changed: keep the cells used, at the new cost per cell.
+      tat = now + (tat - now) * interval / was
+    end
     if tat - now > tau then
       return {0, s[4], math.ceil(tat - now - tau), 0, math.ceil(tat - now), 0, now}
     end
-    new_tats[i] = tat + interval
+    new_tats[i] = {tat + interval, interval}
     if s[4] == 2 then
       remaining = math.floor((tau - (tat - now)) / interval)
-      reset = math.ceil(new_tats[i] - now)
+      reset = math.ceil(new_tats[i][1] - now)
     end
   end
 end
@@ -85,7 +94,8 @@ if used >= per_day then
 end
 for i, s in ipairs(specs) do
   if new_tats[i] then
-    redis.call('SET', s[1], new_tats[i], 'PX', math.ceil(new_tats[i] - now) + 1000)
+    redis.call('HSET', s[1], 't', new_tats[i][1], 'i', new_tats[i][2])
+    redis.call('PEXPIRE', s[1], math.ceil(new_tats[i][1] - now) + 1000)
   end
 end
 if hold then
