@@ -6,12 +6,16 @@
 //! by `portcullis migrate` as its owner role, served as a plain application role, the shared
 //! secrets in the environment). Tests that read the embedded store's files call
 //! [`embedded_only`].
+//!
+//! With `PORTCULLIS_TEST_LIMITS=redis` every server also shares its limits in Redis
+//! (`PORTCULLIS_TEST_REDIS_URL`, default the standard loopback server), each server under its own
+//! key prefix unless it joins another's deployment.
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
@@ -23,6 +27,32 @@ pub fn shape_is_postgres() -> bool {
         Ok("embedded") | Ok("") | Err(_) => false,
         Ok(other) => panic!("PORTCULLIS_TEST_SHAPE=`{other}`: expected `embedded` or `postgres`"),
     }
+}
+
+/// Whether servers share their limits in Redis (`PORTCULLIS_TEST_LIMITS=redis`).
+pub fn limits_in_redis() -> bool {
+    match std::env::var("PORTCULLIS_TEST_LIMITS").as_deref() {
+        Ok("redis") => true,
+        Ok("local") | Ok("") | Err(_) => false,
+        Ok(other) => panic!("PORTCULLIS_TEST_LIMITS=`{other}`: expected `local` or `redis`"),
+    }
+}
+
+/// The test Redis: `PORTCULLIS_TEST_REDIS_URL` (set by `scripts/test.sh`), else the standard
+/// loopback server.
+pub fn redis_url() -> String {
+    std::env::var("PORTCULLIS_TEST_REDIS_URL").unwrap_or_else(|_| String::from("redis://127.0.0.1:6379"))
+}
+
+/// The environment that puts a server's limits in the test Redis under a fresh key prefix. The
+/// timeout is generous: debug builds on a loaded machine must not fall into the fail mode by
+/// accident (the fault tests set their own).
+pub fn redis_limits_env() -> Vec<(String, String)> {
+    vec![
+        (String::from("PORTCULLIS_REDIS_URL"), redis_url()),
+        (String::from("PORTCULLIS_REDIS__KEY_PREFIX"), format!("pct-test:{}", uuid_like())),
+        (String::from("PORTCULLIS_REDIS__TIMEOUT_MS"), String::from("2000")),
+    ]
 }
 
 /// For a test that only makes sense on the embedded store (it reads or tampers with the data
@@ -99,6 +129,8 @@ pub fn pg_all_rows_text(admin_url: &str) -> String {
 /// (owns the database, runs `migrate`) and a plain login application role. Everything is
 /// uniquely named and dropped again on drop.
 pub struct PgDatabase {
+    /// Superuser URL of the server the database is on.
+    pub server_admin_url: String,
     pub name: String,
     pub owner: String,
     pub app: String,
@@ -108,12 +140,16 @@ pub struct PgDatabase {
     pub app_url: String,
     /// The application role's password, which must never appear in any output.
     pub app_password: String,
-    server_admin_url: String,
 }
 
 impl PgDatabase {
     pub fn create() -> PgDatabase {
-        let server_admin_url = pg_admin_url();
+        Self::create_on(&pg_admin_url())
+    }
+
+    /// A fresh database on the server whose superuser URL is `server_admin_url`.
+    pub fn create_on(server_admin_url: &str) -> PgDatabase {
+        let server_admin_url = server_admin_url.to_owned();
         let name = format!("pct_{}", uuid_like());
         let owner = format!("{name}_owner");
         let app = format!("{name}_app");
@@ -146,6 +182,12 @@ impl PgDatabase {
     }
 
     /// Runs `portcullis migrate` with both URLs, as the deployment guide says.
+    /// Migrated, ready for `serve`.
+    pub fn migrated(self) -> PgDatabase {
+        self.migrate();
+        self
+    }
+
     pub fn migrate(&self) {
         let out = Command::new(BIN)
             .env_clear()
@@ -205,8 +247,10 @@ pub struct Server {
     child: Option<Child>,
     pub base: String,
     pub addr: String,
-    /// Kept alive for the server's lifetime; removed on drop.
-    pub dir: tempfile::TempDir,
+    /// Kept alive for the server's lifetime; removed on drop of the last server sharing it.
+    pub dir: Arc<tempfile::TempDir>,
+    /// This process's stderr (several instances may share `dir`).
+    log_file: PathBuf,
     pub env: Vec<(String, String)>,
     pub config: Option<PathBuf>,
     pub bootstrap_password: Option<String>,
@@ -251,8 +295,12 @@ impl Server {
 
     fn start_on(pg: Option<PgDatabase>, env: &[(&str, &str)], config_toml: Option<&str>) -> Server {
         let mut all_env = pg.as_ref().map(scale_out_env).unwrap_or_default();
+        // A server given its own Redis settings (or another's, to join its deployment) keeps them.
+        if limits_in_redis() && !env.iter().any(|(k, _)| *k == "PORTCULLIS_REDIS_URL") {
+            all_env.extend(redis_limits_env());
+        }
         all_env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let dir = tempfile::Builder::new().prefix("portcullis-test-").tempdir().unwrap();
+        let dir = Arc::new(tempfile::Builder::new().prefix("portcullis-test-").tempdir().unwrap());
         let config = config_toml.map(|text| {
             let p = dir.path().join("portcullis.toml");
             std::fs::write(&p, text).unwrap();
@@ -262,6 +310,7 @@ impl Server {
             child: None,
             base: String::new(),
             addr: String::new(),
+            log_file: dir.path().join("server.log"),
             dir,
             env: all_env,
             config,
@@ -276,6 +325,59 @@ impl Server {
         }
         s.spawn();
         s
+    }
+
+    /// Another instance of this server's deployment: the same environment (database, secrets,
+    /// Redis and its key prefix, configuration file) and the same data dir, its own listen
+    /// address — what the contract calls one deployment. `extra` overrides variables.
+    pub fn start_instance(&self, extra: &[(&str, &str)]) -> Server {
+        let n = self.dir.path().read_dir().map(|d| d.count()).unwrap_or(0);
+        let mut env = self.env.clone();
+        for (k, v) in extra {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        let mut s = Server {
+            child: None,
+            base: String::new(),
+            addr: String::new(),
+            log_file: self.dir.path().join(format!("server-{n}-{}.log", uuid_like())),
+            dir: self.dir.clone(),
+            env,
+            config: self.config.clone(),
+            bootstrap_password: None,
+            stdout: Vec::new(),
+            pg: None,
+            client: client(),
+        };
+        s.spawn();
+        s
+    }
+
+    /// Whether this server runs in the scale-out shape (on PostgreSQL).
+    pub fn scale_out(&self) -> bool {
+        self.env.iter().any(|(k, _)| k == "PORTCULLIS_DATABASE_URL")
+    }
+
+    /// Where this process keeps its own state (`node-id`, `serve.lock`, `audit/`): the data dir
+    /// on the embedded shape, its instance directory (named by its address) in the scale-out one.
+    pub fn instance_dir(&self) -> PathBuf {
+        if !self.scale_out() {
+            return self.data_dir();
+        }
+        let name: String =
+            self.addr.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
+        self.data_dir().join("instances").join(name)
+    }
+
+    /// This server's audit chain id.
+    pub fn writer_id(&self) -> String {
+        std::fs::read_to_string(self.instance_dir().join("node-id")).unwrap().trim().to_owned()
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// `portcullis migrate` as an operator runs it: on PostgreSQL with the owner's URL too.
@@ -310,8 +412,7 @@ impl Server {
     /// (Re)starts the process on the same data dir and waits until it listens.
     pub fn spawn(&mut self) {
         let listen = if self.addr.is_empty() { String::from("127.0.0.1:0") } else { self.addr.clone() };
-        let log =
-            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("server.log")).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_file).unwrap();
         let mut child = self
             .command()
             .env("PORTCULLIS_LISTEN", &listen)
@@ -350,7 +451,7 @@ impl Server {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+        std::fs::read_to_string(&self.log_file).unwrap_or_default()
     }
 
     /// SIGKILL: no shutdown code runs.
