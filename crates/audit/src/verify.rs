@@ -235,7 +235,10 @@ pub async fn verify_sources(
                 // records, not necessarily in a row. Each must be intact and the database's own.
                 let intact = r.compute_hash() == r.hash;
                 if !intact {
-                    problems.push(format!("{at}: writer `{}`: seq {}: content does not match its hash (record edited)", r.writer_id, r.seq));
+                    problems.push(format!(
+                        "{at}: writer `{}`: seq {}: content does not match its hash (record edited)",
+                        r.writer_id, r.seq
+                    ));
                 }
                 intact
             };

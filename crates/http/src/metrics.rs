@@ -78,7 +78,10 @@ fn describe() {
         "portcullis_limiter_redis_errors_total",
         "Redis calls of the limiter that failed, by operation (`admit`, `renew`, `release`, `probe`) and kind (`timeout`, `error`)."
     );
-    describe_gauge!("portcullis_limiter_degraded", "1 while the shared limiter cannot reach Redis and decides with its fail mode.");
+    describe_gauge!(
+        "portcullis_limiter_degraded",
+        "1 while the shared limiter cannot reach Redis and decides with its fail mode."
+    );
 }
 
 #[derive(Default)]

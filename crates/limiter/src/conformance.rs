@@ -286,9 +286,8 @@ async fn shared_fail_closed_refuses_while_redis_is_unreachable() {
 /// Local fallback: decisions continue in process, each limit divided by the divisor.
 #[tokio::test(flavor = "multi_thread")]
 async fn shared_local_fallback_enforces_the_divided_limits() {
-    let lim = SharedLimiter::start(shared_settings(&closed_port_url(), &fresh_prefix(), FailMode::Local, 2))
-        .await
-        .unwrap();
+    let lim =
+        SharedLimiter::start(shared_settings(&closed_port_url(), &fresh_prefix(), FailMode::Local, 2)).await.unwrap();
     assert!(lim.health().degraded.is_some());
     let l = limits(10, 4, 1_000);
     for i in 0..5u32 {

@@ -352,11 +352,10 @@ impl RedisLimiter {
     pub async fn ping(&self) -> Result<(), Unavailable> {
         let mut conn = self.conn.clone();
         let sent = wall_ms();
-        let reply: Vec<String> =
-            tokio::time::timeout(self.timeout, ::redis::cmd("TIME").query_async(&mut conn))
-                .await
-                .map_err(|_| Unavailable::Timeout)?
-                .map_err(|e| self.failed(e))?;
+        let reply: Vec<String> = tokio::time::timeout(self.timeout, ::redis::cmd("TIME").query_async(&mut conn))
+            .await
+            .map_err(|_| Unavailable::Timeout)?
+            .map_err(|e| self.failed(e))?;
         let received = wall_ms();
         let secs = reply.first().and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
         let micros = reply.get(1).and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
@@ -548,7 +547,10 @@ mod tests {
         assert_eq!(redact_url("redis://default:s3cret@r.internal:6379/2"), "redis://default:***@r.internal:6379/2");
         assert_eq!(redact_url("redis://:s3cret@r.internal"), "redis://:***@r.internal");
         assert_eq!(redact_url("rediss://s3cret@r.internal"), "rediss://***@r.internal");
-        assert_eq!(redact_url("redis+unix:///run/redis.sock?db=1&pass=s3cret"), "redis+unix:///run/redis.sock?db=1&pass=***");
+        assert_eq!(
+            redact_url("redis+unix:///run/redis.sock?db=1&pass=s3cret"),
+            "redis+unix:///run/redis.sock?db=1&pass=***"
+        );
         assert_eq!(secrets_of("redis://default:s3cret@r.internal:6379/2"), vec![String::from("s3cret")]);
         assert_eq!(secrets_of("redis+unix:///run/redis.sock?password=x1"), vec![String::from("x1")]);
         assert!(secrets_of("redis://127.0.0.1:6379").is_empty());

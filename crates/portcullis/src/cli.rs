@@ -518,8 +518,9 @@ async fn audit_on(o: &Opened, json: bool, cmd: AuditCmd) -> anyhow::Result<ExitC
             } else {
                 portcullis_audit::FileSources { dirs: vec![dir], complete: None }
             };
-            let report =
-                portcullis_audit::verify_sources(o.audit_reader.as_ref(), &sources, &key).await.map_err(|e| anyhow!(e))?;
+            let report = portcullis_audit::verify_sources(o.audit_reader.as_ref(), &sources, &key)
+                .await
+                .map_err(|e| anyhow!(e))?;
             print(json, &report, || {
                 let mut s = String::new();
                 for w in &report.writers {

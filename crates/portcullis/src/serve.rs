@@ -84,7 +84,9 @@ fn lock(dir: &Path, what: impl FnOnce() -> String) -> anyhow::Result<std::fs::Fi
 }
 
 async fn bind(listen: &str) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen} (set PORTCULLIS_LISTEN)"))
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (set PORTCULLIS_LISTEN)"))
 }
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
@@ -106,8 +108,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         (lock, listener, dir)
     } else {
         // One server per data dir: two would write the same audit chain.
-        let lock =
-            lock(&cfg.data_dir, || format!("another `portcullis serve` is using the data dir {}", cfg.data_dir.display()))?;
+        let lock = lock(&cfg.data_dir, || {
+            format!("another `portcullis serve` is using the data dir {}", cfg.data_dir.display())
+        })?;
         (lock, bind(&cfg.listen).await?, cfg.data_dir.clone())
     };
     let writer_id = runtime::writer_id_for_serve(&cfg, &instance)?;
@@ -152,7 +155,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if instance == cfg.data_dir {
         println!("  data dir: {}   audit chain: {writer_id}", cfg.data_dir.display());
     } else {
-        println!("  data dir: {}   instance dir: {}   audit chain: {writer_id}", cfg.data_dir.display(), instance.display());
+        println!(
+            "  data dir: {}   instance dir: {}   audit chain: {writer_id}",
+            cfg.data_dir.display(),
+            instance.display()
+        );
     }
     match &cfg.redis_url {
         Some(url) => println!(

@@ -1347,11 +1347,7 @@ impl PgAuditStore {
     /// Wraps a pool of the application role; call [`check_app_role`] on it (or on another pool
     /// of the same URL) first.
     pub fn new(pool: PgPool) -> Self {
-        Self {
-            pool,
-            commit_in_doubt: Default::default(),
-            adopted_head: Default::default(),
-        }
+        Self { pool, commit_in_doubt: Default::default(), adopted_head: Default::default() }
     }
 
     /// Tells the store that its last commit's outcome is unknown, as a lost answer would (tests

@@ -1219,7 +1219,8 @@ fn audit_query_filters_paginates_and_is_tenant_scoped() {
 /// refuses no request, and the index catches up from the files once the database is back.
 #[test]
 fn a_failing_query_index_refuses_nothing_and_catches_up_from_the_files() {
-    if harness::embedded_only("the query index is the embedded shape's audit.db; on PostgreSQL the database is the log") {
+    if harness::embedded_only("the query index is the embedded shape's audit.db; on PostgreSQL the database is the log")
+    {
         return;
     }
     let s = start(&[]);
