@@ -302,3 +302,28 @@ async fn shared_local_fallback_enforces_the_divided_limits() {
     assert_eq!(lim.in_flight("u"), 2);
     assert_eq!(lim.admit(&req("u", &l, true)).await.err().map(|r| r.kind), Some(LimitKind::Concurrency));
 }
+
+/// A lease that vanished while its request still runs (Redis restarted without persistence) is
+/// put back by the next renewal: the set counts the requests really in flight.
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_a_lost_lease_is_put_back_by_its_renewal() {
+    let prefix = fresh_prefix();
+    let lim = redis_limiter(&prefix).await.with_lease(Duration::from_millis(900));
+    let l = limits(1_000, 1, 1_000);
+    let held = lim.admit(&req("t", &l, true)).await.unwrap_or_else(|r| panic!("refused: {r:?}"));
+    let client = ::redis::Client::open(redis_url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let _: i64 = ::redis::cmd("DEL").arg(format!("{prefix}:slots:t")).query_async(&mut c).await.unwrap();
+    let mut put_back = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let n: i64 = ::redis::cmd("ZCARD").arg(format!("{prefix}:slots:t")).query_async(&mut c).await.unwrap();
+        if n == 1 {
+            put_back = true;
+            break;
+        }
+    }
+    assert!(put_back, "the renewal put the lease back");
+    assert_eq!(lim.admit(&req("t", &l, true)).await.err().map(|r| r.kind), Some(LimitKind::Concurrency));
+    drop(held);
+}

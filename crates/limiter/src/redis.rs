@@ -107,12 +107,15 @@ redis.call('EXPIRE', KEYS[6], 172800)
 return {1, 0, 0, remaining, reset, per_day - used - 1, now}
 "#;
 
-/// KEYS: 1 slot set. ARGV: 1 lease id, 2 lease ms. Extends a held lease (XX: never re-creates one
-/// that was already released or expired).
+/// KEYS: 1 slot set. ARGV: 1 lease id, 2 lease ms. Extends a held lease, and puts it back if it
+/// is gone: the set must count the requests really in flight, and a lease can vanish while its
+/// request still runs (Redis restarted without persistence, or renewals failed for longer than a
+/// lease during an outage). A renewal cannot resurrect a released lease: the release is sent after
+/// the renewer stopped, on the same connection, and Redis runs one connection's commands in order.
 const RENEW: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
 return 1
 "#;
