@@ -689,3 +689,36 @@ fn an_audit_commit_in_doubt_that_did_commit_is_kept_and_the_chain_continues() {
         assert_eq!(last[0].seq, 4);
     });
 }
+
+/// A Redis URL that cannot be used, or a `[redis]` setting out of range, stops `serve` at start
+/// with a message naming it — and never printing the URL's password. (Redis merely being down is
+/// not a refusal: see the outage tests.)
+#[test]
+fn an_unusable_redis_setting_is_refused_at_start_naming_it_without_the_password() {
+    let run = |env: &[(&str, &str)]| -> (bool, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(harness::BIN)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("PORTCULLIS_DATA_DIR", dir.path().join("data"))
+            .env("PORTCULLIS_LISTEN", "127.0.0.1:0")
+            .envs(env.iter().copied())
+            .arg("serve")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    let (ok, text) = run(&[("PORTCULLIS_REDIS_URL", "http://user:hunter2@127.0.0.1:6379")]);
+    assert!(!ok && text.contains("PORTCULLIS_REDIS_URL") && text.contains("invalid redis URL"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+    let (ok, text) = run(&[("PORTCULLIS_REDIS_URL", &harness::redis_url()), ("PORTCULLIS_REDIS__FAIL_MODE", "open")]);
+    assert!(!ok && text.contains("redis.fail_mode") && text.contains("`open`"), "{text}");
+    let (ok, text) = run(&[("PORTCULLIS_REDIS__LEASE_SECS", "0")]);
+    assert!(!ok && text.contains("redis.lease_secs"), "{text}");
+    let (ok, text) = run(&[("PORTCULLIS_DATABASE__ACQUIRE_TIMEOUT_MS", "0")]);
+    assert!(!ok && text.contains("database.acquire_timeout_ms"), "{text}");
+}
