@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one test command (README): installs what the tests need from Debian packages when it is
-# missing, then checks formatting and lints and runs every test of the workspace.
+# missing, then checks formatting and lints, runs every test of the workspace, and runs the
+# integration suite again in the scale-out shape (PostgreSQL, then PostgreSQL + Redis).
 #
 # Tests start the real `portcullis` binary on loopback ports chosen by the OS, each on its own
 # temporary data dir, so runs never collide with a server already running on this machine.
@@ -55,6 +56,16 @@ if [ -z "${PORTCULLIS_TEST_REDIS_URL:-}" ]; then
   fi
 fi
 
+# The fault tests (crates/portcullis/tests/integration/scaleout.rs) start servers of their own
+# that they stop, hang and restart — never the shared ones: they need the redis-server binary
+# and PostgreSQL's initdb/pg_ctl (owned by the `postgres` user when run as root).
+command -v redis-server >/dev/null || apt_install redis-server
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
+[ -n "$(pg_bin)" ] || apt_install postgresql
+if [ "$(id -u)" -eq 0 ]; then
+  id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
+fi
+
 # PostgreSQL for the scale-out store's tests: the server on the standard loopback port when it
 # answers there as `postgres` without a password (trust), otherwise a throwaway cluster made with
 # initdb on a free port in a temp dir (stopped on exit). Tests get a superuser URL in
@@ -65,15 +76,12 @@ if [ -z "${PORTCULLIS_TEST_PG_URL:-}" ]; then
     && psql "postgres://postgres@127.0.0.1:5432/postgres" -Atqc 'select 1' >/dev/null 2>&1; then
     export PORTCULLIS_TEST_PG_URL="postgres://postgres@127.0.0.1:5432/postgres"
   else
-    pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
-    [ -n "$(pg_bin)" ] || apt_install postgresql
     PG_BIN=$(pg_bin)
     PG_DIR=$(mktemp -d)
     PG_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
     # initdb refuses to run as root: the cluster belongs to an unprivileged user then.
     PG_RUN=()
     if [ "$(id -u)" -eq 0 ]; then
-      id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
       chown postgres "$PG_DIR"
       PG_RUN=(runuser -u postgres --)
     fi
@@ -90,3 +98,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # RUST_TEST_THREADS, not `-- --test-threads`: the benchmark binaries (divan, run once as smoke
 # tests under `cargo test`) do not accept libtest's flags.
 RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}" cargo test --workspace --all-targets --locked
+# The integration suite again in the scale-out shape (the same tests, parametrised by the
+# harness): every server on its own PostgreSQL database, first with in-process limits, then with
+# its limits in Redis — the shape of a real multi-instance deployment.
+PORTCULLIS_TEST_SHAPE=postgres RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}" \
+  cargo test -p portcullis --test integration --locked
+PORTCULLIS_TEST_SHAPE=postgres PORTCULLIS_TEST_LIMITS=redis RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}" \
+  cargo test -p portcullis --test integration --locked

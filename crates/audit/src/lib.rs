@@ -17,5 +17,5 @@ mod verify;
 mod writer;
 
 pub use jsonl::JsonlSink;
-pub use verify::{VerifyReport, verify};
+pub use verify::{FileSources, VerifyReport, verify, verify_sources};
 pub use writer::{Acknowledge, AuditConfig, AuditLog, AuditUnavailable};

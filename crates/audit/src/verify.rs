@@ -8,13 +8,29 @@
 //! 3. the JSONL files line by line with the same chain rules, and each record equal to the
 //!    database's record at the same (writer, seq) — catches a file edited, reordered, truncated
 //!    or deleted, and a database rewritten without the files.
+//!
+//! Embedded, the data dir's files are the whole log: every chain must be in them, whole. In the
+//! scale-out shape each instance keeps its files in its own directory, possibly on another host,
+//! and the CLI's chain is written from wherever the CLI runs; [`FileSources::complete`] names the
+//! chains that must be whole in the directories given (the instances found there). Other
+//! chains' lines that are found are still checked record by record against the database; a
+//! chain with no lines here is listed as kept elsewhere, not reported as truncated.
 use crate::jsonl::audit_files;
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use portcullis_core::audit::{AuditRecord, GENESIS_HASH, checkpoint_message};
 use portcullis_store::{AuditStore, Checkpoint};
 use serde::Serialize;
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Where the JSONL copies are, and which chains they must hold whole.
+#[derive(Clone, Debug)]
+pub struct FileSources {
+    /// Audit directories, each with `audit-*.jsonl` files and `checkpoints.jsonl`.
+    pub dirs: Vec<PathBuf>,
+    /// `None`: every chain of the database (the embedded shape). `Some`: only these.
+    pub complete: Option<BTreeSet<String>>,
+}
 
 #[derive(Debug, Serialize)]
 pub struct WriterSummary {
@@ -35,6 +51,9 @@ pub struct VerifyReport {
     /// yet in the query index (a running server indexes them within milliseconds; a server that
     /// died first imports them at its next start).
     pub unindexed: u64,
+    /// Chains in the database whose files are not among the directories checked (instances on
+    /// other hosts): verified in the database and against their checkpoints only.
+    pub files_elsewhere: Vec<String>,
     /// Problems in the order found; the first is the first broken link.
     pub problems: Vec<String>,
 }
@@ -76,7 +95,17 @@ fn by_seq(chain: &[AuditRecord], seq: u64) -> Option<&AuditRecord> {
     chain.binary_search_by_key(&seq, |r| r.seq).ok().and_then(|i| chain.get(i))
 }
 
+/// Verifies the database log against the files of one audit directory that holds every chain.
 pub async fn verify(store: &dyn AuditStore, dir: &Path, trusted_key: &VerifyingKey) -> Result<VerifyReport, String> {
+    verify_sources(store, &FileSources { dirs: vec![dir.to_path_buf()], complete: None }, trusted_key).await
+}
+
+pub async fn verify_sources(
+    store: &dyn AuditStore,
+    sources: &FileSources,
+    trusted_key: &VerifyingKey,
+) -> Result<VerifyReport, String> {
+    let must_be_whole = |w: &str| sources.complete.as_ref().is_none_or(|set| set.contains(w));
     let mut problems = Vec::new();
     let mut writers = Vec::new();
     let mut db: BTreeMap<String, Vec<AuditRecord>> = BTreeMap::new();
@@ -114,12 +143,14 @@ pub async fn verify(store: &dyn AuditStore, dir: &Path, trusted_key: &VerifyingK
         .into_iter()
         .map(|c| (String::from("database"), c))
         .collect();
-    let cp_file = dir.join("checkpoints.jsonl");
-    if let Ok(text) = std::fs::read_to_string(&cp_file) {
-        for (i, line) in text.lines().enumerate() {
-            match serde_json::from_str::<Checkpoint>(line) {
-                Ok(c) => checkpoints.push((format!("{} line {}", cp_file.display(), i + 1), c)),
-                Err(_) => problems.push(format!("{} line {}: not a valid checkpoint", cp_file.display(), i + 1)),
+    for dir in &sources.dirs {
+        let cp_file = dir.join("checkpoints.jsonl");
+        if let Ok(text) = std::fs::read_to_string(&cp_file) {
+            for (i, line) in text.lines().enumerate() {
+                match serde_json::from_str::<Checkpoint>(line) {
+                    Ok(c) => checkpoints.push((format!("{} line {}", cp_file.display(), i + 1), c)),
+                    Err(_) => problems.push(format!("{} line {}: not a valid checkpoint", cp_file.display(), i + 1)),
+                }
             }
         }
     }
@@ -164,7 +195,11 @@ pub async fn verify(store: &dyn AuditStore, dir: &Path, trusted_key: &VerifyingK
     }
 
     // The JSONL files.
-    let files = audit_files(dir).map_err(|e| format!("audit directory {}: {e}", dir.display()))?;
+    let mut files = Vec::new();
+    for dir in &sources.dirs {
+        files.extend(audit_files(dir).map_err(|e| format!("audit directory {}: {e}", dir.display()))?);
+    }
+    let mut seen_in_files: BTreeSet<String> = BTreeSet::new();
     let mut walks: BTreeMap<String, (ChainWalk, String)> = BTreeMap::new();
     let mut file_records = 0u64;
     let mut unindexed = 0u64;
@@ -184,13 +219,29 @@ pub async fn verify(store: &dyn AuditStore, dir: &Path, trusted_key: &VerifyingK
                 }
             };
             file_records += 1;
-            let (walk, last_at) = walks.entry(r.writer_id.clone()).or_insert_with(|| (ChainWalk::new(), String::new()));
-            let broke = walk.step(&r);
-            let linked = broke.is_none();
-            if let Some(p) = broke {
-                problems.push(format!("{at}: writer `{}`: {p}", r.writer_id));
-            }
-            last_at.clone_from(&at);
+            seen_in_files.insert(r.writer_id.clone());
+            let linked = if must_be_whole(&r.writer_id) {
+                let (walk, last_at) =
+                    walks.entry(r.writer_id.clone()).or_insert_with(|| (ChainWalk::new(), String::new()));
+                let broke = walk.step(&r);
+                let linked = broke.is_none();
+                if let Some(p) = broke {
+                    problems.push(format!("{at}: writer `{}`: {p}", r.writer_id));
+                }
+                last_at.clone_from(&at);
+                linked
+            } else {
+                // A chain written from several places (the CLI's): these files hold some of its
+                // records, not necessarily in a row. Each must be intact and the database's own.
+                let intact = r.compute_hash() == r.hash;
+                if !intact {
+                    problems.push(format!(
+                        "{at}: writer `{}`: seq {}: content does not match its hash (record edited)",
+                        r.writer_id, r.seq
+                    ));
+                }
+                intact
+            };
             let db_rec = db.get(&r.writer_id).and_then(|c| by_seq(c, r.seq));
             match db_rec {
                 // The tail the query index has not taken yet: still chained, checked above.
@@ -205,7 +256,14 @@ pub async fn verify(store: &dyn AuditStore, dir: &Path, trusted_key: &VerifyingK
             }
         }
     }
+    let mut files_elsewhere = Vec::new();
     for (writer, chain) in &db {
+        if !must_be_whole(writer) {
+            if !seen_in_files.contains(writer) {
+                files_elsewhere.push(writer.clone());
+            }
+            continue;
+        }
         let file_last = walks.get(writer).map(|(w, _)| w.expected - 1).unwrap_or(0);
         let db_last = chain.last().map(|r| r.seq).unwrap_or(0);
         if file_last < db_last {
@@ -223,6 +281,7 @@ pub async fn verify(store: &dyn AuditStore, dir: &Path, trusted_key: &VerifyingK
         file_records,
         checkpoints: checkpoints.len(),
         unindexed,
+        files_elsewhere,
         problems,
     })
 }

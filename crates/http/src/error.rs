@@ -53,6 +53,11 @@ impl ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
             ApiError::Throttled(_) => (StatusCode::TOO_MANY_REQUESTS, "throttled", "Too many requests"),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large"),
+            // The caller did nothing wrong when the shared limiter cannot decide: 503, so that
+            // clients and dashboards do not read an outage as the tenant's own overuse.
+            ApiError::Limited(r) if r.kind == portcullis_limiter::LimitKind::Unavailable => {
+                (StatusCode::SERVICE_UNAVAILABLE, "limits-unavailable", "Limits unavailable")
+            }
             ApiError::Limited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Limit reached"),
             ApiError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream-timeout", "Upstream timeout"),
             ApiError::BadGateway => (StatusCode::BAD_GATEWAY, "bad-gateway", "Bad gateway"),
@@ -104,6 +109,10 @@ impl IntoResponse for ApiError {
             }
             ApiError::NotFound => String::from("no such resource"),
             ApiError::Throttled(s) => format!("too many attempts; retry after {s} s"),
+            ApiError::Limited(r) if r.kind == portcullis_limiter::LimitKind::Unavailable => format!(
+                "the shared limiter (Redis) is unavailable and this gateway is configured to fail closed; retry after {} s",
+                r.retry_after_secs
+            ),
             ApiError::Limited(r) => format!(
                 "{} limit reached; retry after {} s",
                 match r.kind {
@@ -113,6 +122,7 @@ impl IntoResponse for ApiError {
                     portcullis_limiter::LimitKind::Route => "this route's rate",
                     portcullis_limiter::LimitKind::Concurrency => "the tenant's concurrency",
                     portcullis_limiter::LimitKind::Quota => "the tenant's daily request quota",
+                    portcullis_limiter::LimitKind::Unavailable => "the shared limiter",
                 },
                 r.retry_after_secs
             ),
@@ -124,7 +134,10 @@ impl IntoResponse for ApiError {
             _ => None,
         };
         let mut res = status.into_response();
-        if let ApiError::Limited(r) = &self {
+        // No X-RateLimit-* on an unavailable limiter: nothing is known about the caller's rate.
+        if let ApiError::Limited(r) = &self
+            && r.kind != portcullis_limiter::LimitKind::Unavailable
+        {
             crate::proxy::rate_headers(res.headers_mut(), &r.rate);
         }
         if let Some(s) = retry

@@ -70,6 +70,19 @@ fn describe() {
     describe_counter!("portcullis_audit_failures_total", "Audit writes that failed (their requests were refused).");
     describe_gauge!("portcullis_audit_queue_depth", "Audit events waiting for the writer.");
     describe_counter!("portcullis_auth_failures_total", "Rejected credentials, by reason.");
+    // Emitted by the shared (Redis) limiter, crates/limiter/src/{shared,redis}.rs.
+    describe_counter!(
+        "portcullis_limiter_fallback_decisions_total",
+        "Limit decisions made without Redis while it was unreachable, by fail mode (`local`: decided in process; `fail_closed`: refused with 503)."
+    );
+    describe_counter!(
+        "portcullis_limiter_redis_errors_total",
+        "Redis calls of the limiter that failed, by operation (`admit`, `renew`, `release`, `probe`) and kind (`timeout`, `error`)."
+    );
+    describe_gauge!(
+        "portcullis_limiter_degraded",
+        "1 while the shared limiter cannot reach Redis and decides with its fail mode."
+    );
 }
 
 #[derive(Default)]

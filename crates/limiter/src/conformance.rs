@@ -3,10 +3,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests fail loudly")]
 
 use crate::local::LocalLimiter;
-use crate::redis::RedisLimiter;
+use crate::redis::{RedisLimiter, RedisSettings};
+use crate::shared::{FailMode, SharedLimiter, SharedSettings};
 use crate::*;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn limits(per_minute: u32, concurrency: u32, per_day: u64) -> Limits {
     Limits {
@@ -81,6 +82,58 @@ async fn daily_quota_counts_admitted_requests(lim: &dyn Limiter) {
     assert!(r.retry_after_secs > 0 && r.retry_after_secs <= 86_400);
 }
 
+fn shared_settings(url: &str, prefix: &str, mode: FailMode, divisor: u32) -> SharedSettings {
+    SharedSettings {
+        redis: RedisSettings {
+            url: url.to_owned(),
+            prefix: prefix.to_owned(),
+            timeout: Duration::from_millis(200),
+            lease: Duration::from_secs(30),
+        },
+        fail_mode: mode,
+        probe_interval: Duration::from_millis(100),
+        fallback_divisor: divisor,
+    }
+}
+
+async fn shared_limiter(prefix: &str) -> SharedLimiter {
+    let l = SharedLimiter::start(shared_settings(&redis_url(), prefix, FailMode::FailClosed, 1)).await.unwrap();
+    assert_eq!(l.health().degraded, None, "the test Redis answers");
+    l
+}
+
+/// A loopback port nothing listens on (bound a moment ago, then released).
+fn closed_port_url() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    format!("redis://127.0.0.1:{port}")
+}
+
+async fn a_raised_rate_applies_at_once(lim: &dyn Limiter) {
+    let l = limits(10, 100, 1_000);
+    for _ in 0..10 {
+        assert!(lim.admit(&req("t1", &l, false)).await.is_ok());
+    }
+    assert_eq!(lim.admit(&req("t1", &l, false)).await.err().map(|r| r.kind), Some(LimitKind::Tenant));
+    let raised = limits(20, 100, 1_000);
+    for i in 0..10 {
+        let a = lim.admit(&req("t1", &raised, false)).await.unwrap_or_else(|r| panic!("request {i} refused: {r:?}"));
+        assert_eq!(a.rate.limit, 20);
+    }
+}
+
+/// Redis keeps the cells used when a limit changes (the in-process limiter starts a new bucket):
+/// a lowered rate holds at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_a_lowered_rate_holds_at_once() {
+    let lim = redis_limiter(&fresh_prefix()).await;
+    let l = limits(20, 100, 1_000);
+    for _ in 0..10 {
+        assert!(lim.admit(&req("t1", &l, false)).await.is_ok());
+    }
+    let lowered = limits(5, 100, 1_000);
+    assert_eq!(lim.admit(&req("t1", &lowered, false)).await.err().map(|r| r.kind), Some(LimitKind::Tenant));
+}
+
 macro_rules! conformance {
     ($($name:ident),*) => {
         mod local_backend {
@@ -101,10 +154,24 @@ macro_rules! conformance {
                 }
             )*
         }
+        mod shared_backend {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $name() {
+                    super::$name(&shared_limiter(&fresh_prefix()).await).await;
+                }
+            )*
+        }
     };
 }
 
-conformance!(rate_admits_exactly_the_limit, slots_come_back_when_released, daily_quota_counts_admitted_requests);
+conformance!(
+    rate_admits_exactly_the_limit,
+    slots_come_back_when_released,
+    daily_quota_counts_admitted_requests,
+    a_raised_rate_applies_at_once
+);
 
 /// Three instances sharing one Redis and one limit, hammered concurrently: exactly the limit is
 /// admitted in total — no over-admission across instances.
@@ -172,4 +239,91 @@ fn redis_slots_of_a_crashed_instance_come_back_after_the_lease() {
         }
         assert!(back, "the crashed holder's slot comes back after its lease expires");
     });
+}
+
+/// A decision that reaches Redis after its deadline (it sat in a hung server's buffer while the
+/// caller gave up) changes nothing: no rate used, no slot taken.
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_a_decision_past_its_deadline_commits_nothing() {
+    let lim = redis_limiter(&fresh_prefix()).await;
+    let l = limits(5, 1, 1_000);
+    for _ in 0..3 {
+        // Pretend Redis's clock is an hour behind ours: the deadline sent is long past. (Each
+        // answer teaches the true offset again, so set it before every call.)
+        lim.set_offset_for_test(-3_600_000);
+        assert_eq!(
+            lim.try_admit(&req("t", &l, true)).await.err(),
+            Some(crate::redis::Unavailable::Timeout),
+            "the script refuses to decide past its deadline"
+        );
+    }
+    lim.ping().await.unwrap();
+    let a = lim.admit(&req("t", &l, true)).await.unwrap_or_else(|r| panic!("refused: {r:?}"));
+    assert_eq!(a.rate.remaining, 4, "the late decisions used no rate");
+    assert!(a.slot.is_some(), "and held no slot");
+}
+
+/// Fail closed: with Redis unreachable every decision is refused as unavailable (not as a
+/// limit), quickly, and health says degraded with the reason and no password.
+#[tokio::test(flavor = "multi_thread")]
+async fn shared_fail_closed_refuses_while_redis_is_unreachable() {
+    let url = closed_port_url().replace("redis://", "redis://user:hunter2@");
+    let lim = SharedLimiter::start(shared_settings(&url, &fresh_prefix(), FailMode::FailClosed, 1)).await.unwrap();
+    let h = lim.health();
+    let d = h.degraded.expect("degraded from the start");
+    assert!(!d.reason.contains("hunter2"), "{}", d.reason);
+    assert_eq!(h.fail_mode, Some("fail_closed"));
+    let l = limits(1_000, 10, 1_000);
+    let started = Instant::now();
+    for _ in 0..20 {
+        let r = lim.admit(&req("t", &l, true)).await.err().expect("refused");
+        assert_eq!(r.kind, LimitKind::Unavailable);
+        assert_eq!(r.retry_after_secs, 1);
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "degraded decisions do not wait for Redis");
+}
+
+/// Local fallback: decisions continue in process, each limit divided by the divisor.
+#[tokio::test(flavor = "multi_thread")]
+async fn shared_local_fallback_enforces_the_divided_limits() {
+    let lim =
+        SharedLimiter::start(shared_settings(&closed_port_url(), &fresh_prefix(), FailMode::Local, 2)).await.unwrap();
+    assert!(lim.health().degraded.is_some());
+    let l = limits(10, 4, 1_000);
+    for i in 0..5u32 {
+        let a = lim.admit(&req("t", &l, false)).await.unwrap_or_else(|r| panic!("request {i} refused: {r:?}"));
+        assert_eq!(a.rate.limit, 5, "half of 10 per instance");
+    }
+    assert_eq!(lim.admit(&req("t", &l, false)).await.err().map(|r| r.kind), Some(LimitKind::Tenant));
+    let l = limits(1_000, 4, 1_000);
+    let a = lim.admit(&req("u", &l, true)).await.ok();
+    let b = lim.admit(&req("u", &l, true)).await.ok();
+    assert!(a.is_some() && b.is_some());
+    assert_eq!(lim.in_flight("u"), 2);
+    assert_eq!(lim.admit(&req("u", &l, true)).await.err().map(|r| r.kind), Some(LimitKind::Concurrency));
+}
+
+/// A lease that vanished while its request still runs (Redis restarted without persistence) is
+/// put back by the next renewal: the set counts the requests really in flight.
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_a_lost_lease_is_put_back_by_its_renewal() {
+    let prefix = fresh_prefix();
+    let lim = redis_limiter(&prefix).await.with_lease(Duration::from_millis(900));
+    let l = limits(1_000, 1, 1_000);
+    let held = lim.admit(&req("t", &l, true)).await.unwrap_or_else(|r| panic!("refused: {r:?}"));
+    let client = ::redis::Client::open(redis_url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let _: i64 = ::redis::cmd("DEL").arg(format!("{prefix}:slots:t")).query_async(&mut c).await.unwrap();
+    let mut put_back = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let n: i64 = ::redis::cmd("ZCARD").arg(format!("{prefix}:slots:t")).query_async(&mut c).await.unwrap();
+        if n == 1 {
+            put_back = true;
+            break;
+        }
+    }
+    assert!(put_back, "the renewal put the lease back");
+    assert_eq!(lim.admit(&req("t", &l, true)).await.err().map(|r| r.kind), Some(LimitKind::Concurrency));
+    drop(held);
 }

@@ -3,11 +3,14 @@
 //!
 //! One call decides everything that applies to a request ([`Limiter::admit`]), so a backend with a
 //! network hop (Redis) can do it in one round trip. [`local::LocalLimiter`] is the in-process
-//! implementation of the embedded shape.
+//! implementation of the embedded shape; [`shared::SharedLimiter`] is the scale-out one: the
+//! limits live in Redis ([`redis::RedisLimiter`]) and a configured fail mode decides while Redis
+//! is unreachable or too slow.
 #![forbid(unsafe_code)]
 
 pub mod local;
 pub mod redis;
+pub mod shared;
 
 #[cfg(test)]
 mod conformance;
@@ -23,6 +26,9 @@ pub enum LimitKind {
     Route,
     Concurrency,
     Quota,
+    /// Not a limit: the shared limiter could not decide in time and the gateway fails closed.
+    /// Rendered as 503, never as 429 (the caller did nothing wrong).
+    Unavailable,
 }
 
 impl LimitKind {
@@ -34,6 +40,7 @@ impl LimitKind {
             LimitKind::Route => "route_rate",
             LimitKind::Concurrency => "concurrency",
             LimitKind::Quota => "daily_quota",
+            LimitKind::Unavailable => "limiter_unavailable",
         }
     }
 }
@@ -94,11 +101,34 @@ pub struct Rejection {
     pub rate: RateInfo,
 }
 
+/// What `/readyz` reports about the limiter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimiterHealth {
+    /// `local` (in-process) or `redis` (shared by every instance).
+    pub backend: &'static str,
+    /// What decides while the backend is unreachable: `fail_closed` or `local`; None for the
+    /// in-process limiter, which cannot be unreachable.
+    pub fail_mode: Option<&'static str>,
+    /// Set while decisions are made by the fail mode instead of the backend.
+    pub degraded: Option<Degraded>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Degraded {
+    /// Why (the last error or timeout), never holding a password.
+    pub reason: String,
+    /// Unix milliseconds when it began.
+    pub since_ms: i64,
+}
+
 #[async_trait]
 pub trait Limiter: Send + Sync + 'static {
     async fn admit(&self, req: &LimitRequest<'_>) -> Result<Admission, Rejection>;
-    /// In-flight proxied requests per tenant (for `/metrics`).
+    /// In-flight proxied requests per tenant held by this process.
     fn in_flight(&self, tenant: &str) -> u32;
+    fn health(&self) -> LimiterHealth {
+        LimiterHealth { backend: "local", fail_mode: None, degraded: None }
+    }
 }
 
 /// Seconds from `now_ms` to the next UTC midnight: when daily quotas reset.

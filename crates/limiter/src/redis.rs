@@ -5,22 +5,47 @@
 //! nothing. Concurrency slots are leases in a sorted set scored by their expiry: a crashed
 //! instance's slots come back when their leases run out; a live slot's lease is renewed while
 //! it is held.
+//!
+//! Every call is bounded by the configured timeout — decisions, renewals and releases alike — so a
+//! hung Redis never wedges a request. A decision that timed out on our side may still be sitting
+//! in the hung server's input buffer and would run when the server wakes; the script refuses to
+//! change anything past its deadline (see [`ADMIT`]), so such a ghost neither uses rate nor
+//! holds a slot nobody owns.
+//!
+//! This type only talks to Redis and says when it could not; what to decide then is
+//! [`crate::shared::SharedLimiter`]'s business.
 use crate::*;
-use ::redis::aio::ConnectionManager;
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use dashmap::DashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// KEYS: 1 tenant bucket, 2 principal bucket, 3 route bucket, 4 global bucket, 5 slot set,
-///       6 daily quota counter.
+///       6 daily quota hash (`d` = UTC day number, `n` = requests admitted that day).
 /// ARGV: 1 tenant/min, 2 principal/min, 3 route/min (0 = none), 4 global/s (0 = none),
-///       5 concurrency cap, 6 hold slot (0/1), 7 lease id, 8 lease ms, 9 requests/day.
-/// Returns {admitted, kind, retry_after_ms, remaining, reset_ms, quota_remaining, now_ms}.
-/// Buckets are GCRA: the key holds the theoretical arrival time (TAT) in ms; a request is
-/// admitted when TAT - now <= tau, i.e. within the burst of `limit` per period.
+///       5 concurrency cap, 6 hold slot (0/1), 7 lease id, 8 lease ms, 9 requests/day,
+///       10 deadline in Redis time (ms; 0 = none).
+/// Returns {admitted, kind, retry_after_ms, remaining, reset_ms, quota_remaining, now_ms};
+/// admitted = -1 when the script ran past its deadline (the caller gave up on it already).
+///
+/// Buckets are GCRA: the key is a hash of the theoretical arrival time (`t`, TAT, in ms) and the
+/// emission interval it was computed with (`i`); a request is admitted when TAT - now <= tau,
+/// i.e. within the burst of `limit` per period. When the limit changes (an operator raised or
+/// lowered it) the cells already used are kept and re-priced at the new interval, so a raised
+/// limit admits the difference at once and a lowered one holds at once. The day of the
+/// quota is Redis's day too, so instances with skewed clocks still share one day.
+///
+/// Atomic because check-then-commit across several keys must not interleave with another
+/// instance's decision; `TIME` before writes needs effects replication (the default since Redis 5,
+/// the only mode since 7).
 const ADMIT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local deadline = tonumber(ARGV[10])
+if deadline > 0 and now > deadline then
+  return {-1, 0, 0, 0, 0, 0, now}
+end
 local specs = {
   {KEYS[4], tonumber(ARGV[4]), 1000, 1},
   {KEYS[1], tonumber(ARGV[1]), 60000, 2},
@@ -34,15 +59,21 @@ for i, s in ipairs(specs) do
   if limit > 0 then
     local interval = s[3] / limit
     local tau = interval * (limit - 1)
-    local tat = tonumber(redis.call('GET', s[1])) or now
+    local b = redis.call('HMGET', s[1], 't', 'i')
+    local tat = tonumber(b[1]) or now
     if tat < now then tat = now end
+    local was = tonumber(b[2])
+    if was and was ~= interval then
+      -- The limit changed: keep the cells used, at the new cost per cell.
+      tat = now + (tat - now) * interval / was
+    end
     if tat - now > tau then
       return {0, s[4], math.ceil(tat - now - tau), 0, math.ceil(tat - now), 0, now}
     end
-    new_tats[i] = tat + interval
+    new_tats[i] = {tat + interval, interval}
     if s[4] == 2 then
       remaining = math.floor((tau - (tat - now)) / interval)
-      reset = math.ceil(new_tats[i] - now)
+      reset = math.ceil(new_tats[i][1] - now)
     end
   end
 end
@@ -54,34 +85,146 @@ if hold then
   end
 end
 local per_day = tonumber(ARGV[9])
-local used = tonumber(redis.call('GET', KEYS[6])) or 0
+local today = math.floor(now / 86400000)
+local q = redis.call('HMGET', KEYS[6], 'd', 'n')
+local used = 0
+if tonumber(q[1]) == today then used = tonumber(q[2]) or 0 end
 if used >= per_day then
-  local midnight = (math.floor(now / 86400000) + 1) * 86400000
-  return {0, 6, midnight - now, remaining, reset, 0, now}
+  return {0, 6, (today + 1) * 86400000 - now, remaining, reset, 0, now}
 end
 for i, s in ipairs(specs) do
   if new_tats[i] then
-    redis.call('SET', s[1], new_tats[i], 'PX', math.ceil(new_tats[i] - now) + 1000)
+    redis.call('HSET', s[1], 't', new_tats[i][1], 'i', new_tats[i][2])
+    redis.call('PEXPIRE', s[1], math.ceil(new_tats[i][1] - now) + 1000)
   end
 end
 if hold then
   redis.call('ZADD', KEYS[5], now + tonumber(ARGV[8]), ARGV[7])
   redis.call('PEXPIRE', KEYS[5], tonumber(ARGV[8]) * 2)
 end
-redis.call('INCR', KEYS[6])
-redis.call('EXPIRE', KEYS[6], 90000)
+redis.call('HSET', KEYS[6], 'd', today, 'n', used + 1)
+redis.call('EXPIRE', KEYS[6], 172800)
 return {1, 0, 0, remaining, reset, per_day - used - 1, now}
 "#;
 
-/// KEYS: 1 slot set. ARGV: 1 lease id, 2 lease ms. Extends a held lease (XX: never re-creates one
-/// that was already released or expired).
+/// KEYS: 1 slot set. ARGV: 1 lease id, 2 lease ms. Extends a held lease, and puts it back if it
+/// is gone: the set must count the requests really in flight, and a lease can vanish while its
+/// request still runs (Redis restarted without persistence, or renewals failed for longer than a
+/// lease during an outage). A renewal cannot resurrect a released lease: the release is sent after
+/// the renewer stopped, on the same connection, and Redis runs one connection's commands in order.
 const RENEW: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
 return 1
 "#;
+
+/// Why Redis did not decide.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unavailable {
+    /// No answer within the timeout (a hung or overloaded server, or a network partition).
+    Timeout,
+    /// An error: refused connection, dropped connection, error reply. The text never holds the
+    /// URL's password.
+    Error(String),
+}
+
+impl Unavailable {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Unavailable::Timeout => "timeout",
+            Unavailable::Error(_) => "error",
+        }
+    }
+}
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unavailable::Timeout => f.write_str("redis did not answer within the timeout"),
+            Unavailable::Error(e) => write!(f, "redis: {e}"),
+        }
+    }
+}
+
+/// The redis URL with its password (user info, or a `password=`/`pass=` parameter) replaced by
+/// `***`, for logs, errors and `/readyz`.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) => (Some(s), r),
+        None => (None, url),
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None if scheme.is_some_and(|s| s.starts_with("redis")) && !userinfo.is_empty() => {
+                // `redis://secret@host`: a lone user-info part is taken as the password.
+                format!("***@{host}")
+            }
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("pass") => {
+                        format!("{k}=***")
+                    }
+                    _ => p.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    match scheme {
+        Some(s) => format!("{s}://{authority}{tail}"),
+        None => format!("{authority}{tail}"),
+    }
+}
+
+/// The secrets a URL carries (password in the user info or the query), to scrub from error texts.
+fn secrets_of(url: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    if let Some((userinfo, _)) = authority.rsplit_once('@') {
+        let pw = userinfo.split_once(':').map(|(_, p)| p).unwrap_or(userinfo);
+        if !pw.is_empty() {
+            out.push(pw.to_owned());
+        }
+    }
+    if let Some((_, query)) = rest.split_once('?') {
+        for p in query.split('&') {
+            if let Some((k, v)) = p.split_once('=')
+                && (k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("pass"))
+                && !v.is_empty()
+            {
+                out.push(v.to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// How to reach Redis.
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    pub url: String,
+    /// Namespaces every key (one deployment, or one test run); must be the same on every
+    /// instance of a deployment.
+    pub prefix: String,
+    /// Bound of every call: decisions, lease renewals and releases, probes.
+    pub timeout: Duration,
+    /// Concurrency lease: a crashed holder's slot comes back after this long.
+    pub lease: Duration,
+}
 
 pub struct RedisLimiter {
     conn: ConnectionManager,
@@ -90,35 +233,83 @@ pub struct RedisLimiter {
     renew: Arc<::redis::Script>,
     lease: Duration,
     timeout: Duration,
+    /// Random per process: lease ids must be unique across hosts (process ids are not: every
+    /// container's gateway may be pid 1).
+    instance: String,
     leases: AtomicU64,
+    /// Redis clock minus ours (ms), a lower bound learnt from answers; i64::MIN until known.
+    offset_ms: AtomicI64,
+    held: Arc<DashMap<String, u32>>,
+    secrets: Vec<String>,
 }
 
-#[derive(Debug)]
-pub struct Unavailable(pub String);
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
 
 impl RedisLimiter {
-    /// `prefix` namespaces every key (one deployment, or one test run).
-    pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, Unavailable> {
-        let client = ::redis::Client::open(url).map_err(|e| Unavailable(e.to_string()))?;
-        let conn = tokio::time::timeout(timeout, ConnectionManager::new(client))
-            .await
-            .map_err(|_| Unavailable(String::from("redis did not answer in time")))?
-            .map_err(|e| Unavailable(e.to_string()))?;
+    /// Prepares the connection without making it: an instance may start while Redis is down
+    /// and begin using it when it answers. Fails only on a URL that cannot be used.
+    pub fn open(s: &RedisSettings) -> Result<Self, Unavailable> {
+        let secrets = secrets_of(&s.url);
+        let scrub = |e: ::redis::RedisError| {
+            let mut text = e.to_string();
+            for p in &secrets {
+                text = text.replace(p.as_str(), "***");
+            }
+            Unavailable::Error(format!("invalid redis URL `{}`: {text}", redact_url(&s.url)))
+        };
+        let client = ::redis::Client::open(s.url.as_str()).map_err(scrub)?;
+        // One connection attempt per use, no internal retries with growing back-off: the caller
+        // probes on its own schedule, and a reconnect that sleeps inside the connection manager
+        // would hold recovery back after Redis returns. Responses are bounded by our own timeout
+        // (dropping a request does not tear the connection down, so a slow answer does not cost
+        // a reconnect).
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(0)
+            .set_connection_timeout(Some(s.timeout.max(Duration::from_millis(250)) * 4))
+            .set_response_timeout(None);
+        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(scrub)?;
+        let mut random = [0u8; 8];
+        getrandom::fill(&mut random).map_err(|e| Unavailable::Error(format!("no randomness for lease ids: {e}")))?;
         Ok(Self {
             conn,
-            prefix: prefix.to_owned(),
+            prefix: s.prefix.clone(),
             admit: Arc::new(::redis::Script::new(ADMIT)),
             renew: Arc::new(::redis::Script::new(RENEW)),
-            lease: Duration::from_secs(30),
-            timeout,
+            lease: s.lease,
+            timeout: s.timeout,
+            instance: random.iter().map(|b| format!("{b:02x}")).collect(),
             leases: AtomicU64::new(0),
+            offset_ms: AtomicI64::new(i64::MIN),
+            held: Arc::new(DashMap::new()),
+            secrets,
         })
+    }
+
+    /// Opens and checks that Redis answers (tests, and callers that want to fail early).
+    pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, Unavailable> {
+        let l = Self::open(&RedisSettings {
+            url: url.to_owned(),
+            prefix: prefix.to_owned(),
+            timeout,
+            lease: Duration::from_secs(30),
+        })?;
+        l.ping().await?;
+        Ok(l)
     }
 
     /// Shorter leases (tests of crashed holders).
     pub fn with_lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     fn key(&self, parts: &[&str]) -> String {
@@ -130,19 +321,64 @@ impl RedisLimiter {
         k
     }
 
+    fn failed(&self, e: ::redis::RedisError) -> Unavailable {
+        if e.is_timeout() {
+            return Unavailable::Timeout;
+        }
+        let mut text = e.to_string();
+        for p in &self.secrets {
+            text = text.replace(p.as_str(), "***");
+        }
+        Unavailable::Error(text)
+    }
+
+    /// Learns the clock offset from an answer: Redis's time was taken before `received`, so
+    /// `redis_now - received` is a lower bound of the offset. Only quick answers teach (a slow
+    /// one's bound is loose); the latest wins so a stepped clock is followed.
+    fn learn_offset(&self, redis_now: i64, sent: i64, received: i64) {
+        let rtt = received - sent;
+        if redis_now > 0 && rtt >= 0 && rtt * 4 <= i64::try_from(self.timeout.as_millis()).unwrap_or(i64::MAX) {
+            self.offset_ms.store(redis_now - received, Ordering::Relaxed);
+        }
+    }
+
+    /// Deadline in Redis time for a call sent now: when we give up on it, or a little before
+    /// (the offset is a lower bound). 0 while the offset is unknown.
+    fn deadline(&self, sent: i64) -> i64 {
+        match self.offset_ms.load(Ordering::Relaxed) {
+            i64::MIN => 0,
+            off => sent + off + i64::try_from(self.timeout.as_millis()).unwrap_or(0),
+        }
+    }
+
+    /// Whether Redis answers (and what its clock says); bounded by the timeout.
+    pub async fn ping(&self) -> Result<(), Unavailable> {
+        let mut conn = self.conn.clone();
+        let sent = wall_ms();
+        let reply: Vec<String> = tokio::time::timeout(self.timeout, ::redis::cmd("TIME").query_async(&mut conn))
+            .await
+            .map_err(|_| Unavailable::Timeout)?
+            .map_err(|e| self.failed(e))?;
+        let received = wall_ms();
+        let secs = reply.first().and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
+        let micros = reply.get(1).and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
+        self.learn_offset(secs * 1000 + micros / 1000, sent, received);
+        Ok(())
+    }
+
     /// One decision in one round trip; `Err` when Redis is unreachable or too slow.
     pub async fn try_admit(&self, req: &LimitRequest<'_>) -> Result<Result<Admission, Rejection>, Unavailable> {
         let l = req.limits;
-        let day = req.now_ms.div_euclid(86_400_000).to_string();
-        let lease_id = format!("{}-{}", std::process::id(), self.leases.fetch_add(1, Ordering::Relaxed));
+        let lease_id = format!("{}-{}", self.instance, self.leases.fetch_add(1, Ordering::Relaxed));
         let slots = self.key(&["slots", req.tenant]);
+        let sent = wall_ms();
         let mut inv = self.admit.prepare_invoke();
         inv.key(self.key(&["rate", "t", req.tenant]))
             .key(self.key(&["rate", "p", req.tenant, req.principal]))
             .key(self.key(&["rate", "r", req.tenant, req.route]))
             .key(self.key(&["rate", "g"]))
             .key(&slots)
-            .key(self.key(&["quota", req.tenant, &day]))
+            .key(self.key(&["quota", req.tenant]))
             .arg(l.tenant_per_minute)
             .arg(l.principal_per_minute)
             .arg(l.route_per_minute.unwrap_or(0))
@@ -151,13 +387,18 @@ impl RedisLimiter {
             .arg(u8::from(req.hold_slot))
             .arg(&lease_id)
             .arg(u64::try_from(self.lease.as_millis()).unwrap_or(30_000))
-            .arg(l.requests_per_day);
+            .arg(l.requests_per_day)
+            .arg(self.deadline(sent));
         let mut conn = self.conn.clone();
         let reply: Vec<i64> = tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn))
             .await
-            .map_err(|_| Unavailable(String::from("redis did not answer in time")))?
-            .map_err(|e| Unavailable(e.to_string()))?;
+            .map_err(|_| Unavailable::Timeout)?
+            .map_err(|e| self.failed(e))?;
         let at = |i: usize| reply.get(i).copied().unwrap_or(0);
+        self.learn_offset(at(6), sent, wall_ms());
+        if at(0) == -1 {
+            return Err(Unavailable::Timeout);
+        }
         let secs = |ms: i64| u64::try_from(ms.max(0)).unwrap_or(0).div_ceil(1000);
         let rate = RateInfo {
             limit: l.tenant_per_minute,
@@ -175,43 +416,102 @@ impl RedisLimiter {
             };
             return Ok(Err(Rejection { kind, retry_after_secs: secs(at(2)).max(1), rate }));
         }
-        let slot = req.hold_slot.then(|| Slot::new(Lease::hold(self, slots, lease_id)));
+        let slot = req.hold_slot.then(|| Slot::new(Lease::hold(self, req.tenant, slots, lease_id)));
         Ok(Ok(Admission { rate, slot, quota_remaining: u64::try_from(at(5).max(0)).unwrap_or(0) }))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_offset_for_test(&self, offset_ms: i64) {
+        self.offset_ms.store(offset_ms, Ordering::Relaxed);
+    }
+
+    /// Slots this process holds for `tenant` (leases not yet released).
+    pub fn held(&self, tenant: &str) -> u32 {
+        self.held.get(tenant).map(|n| *n).unwrap_or(0)
     }
 }
 
-/// A held slot: renewed in the background while alive, released when dropped.
+/// A held slot: renewed in the background while alive, released when dropped. Both are bounded by
+/// the timeout; one that fails is logged and counted, and the lease then expires on its own.
 struct Lease {
     renewer: tokio::task::JoinHandle<()>,
-    release: Option<(ConnectionManager, String, String)>,
+    release: Option<Release>,
+}
+
+struct Release {
+    conn: ConnectionManager,
+    key: String,
+    id: String,
+    timeout: Duration,
+    held: Arc<DashMap<String, u32>>,
+    tenant: String,
+}
+
+fn count_error(op: &'static str, e: &Unavailable) {
+    metrics::counter!("portcullis_limiter_redis_errors_total", "op" => op, "kind" => e.label()).increment(1);
 }
 
 impl Lease {
-    fn hold(l: &RedisLimiter, slots: String, id: String) -> Self {
-        let (mut conn, renew, every, ms) =
-            (l.conn.clone(), l.renew.clone(), l.lease / 3, u64::try_from(l.lease.as_millis()).unwrap_or(30_000));
+    fn hold(l: &RedisLimiter, tenant: &str, slots: String, id: String) -> Self {
+        let (mut conn, renew, every, ms, timeout) = (
+            l.conn.clone(),
+            l.renew.clone(),
+            l.lease / 3,
+            u64::try_from(l.lease.as_millis()).unwrap_or(30_000),
+            l.timeout,
+        );
         let (key, lease_id) = (slots.clone(), id.clone());
         let renewer = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                let r: Result<i64, _> = renew.key(&key).arg(&lease_id).arg(ms).invoke_async(&mut conn).await;
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, "concurrency lease not renewed; it expires on its own");
+                let mut inv = renew.key(&key);
+                inv.arg(&lease_id).arg(ms);
+                let failed = match tokio::time::timeout(timeout, inv.invoke_async::<i64>(&mut conn)).await {
+                    Ok(Ok(_)) => None,
+                    Ok(Err(e)) => Some(Unavailable::Error(e.to_string())),
+                    Err(_) => Some(Unavailable::Timeout),
+                };
+                if let Some(e) = failed {
+                    count_error("renew", &e);
+                    tracing::warn!(error = %e, "concurrency lease not renewed; it expires on its own unless a later renewal reaches redis");
                 }
             }
         });
-        Lease { renewer, release: Some((l.conn.clone(), slots, id)) }
+        *l.held.entry(tenant.to_owned()).or_insert(0) += 1;
+        Lease {
+            renewer,
+            release: Some(Release {
+                conn: l.conn.clone(),
+                key: slots,
+                id,
+                timeout,
+                held: l.held.clone(),
+                tenant: tenant.to_owned(),
+            }),
+        }
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         self.renewer.abort();
-        if let Some((mut conn, key, id)) = self.release.take()
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
+        let Some(mut r) = self.release.take() else { return };
+        if let Some(mut n) = r.held.get_mut(&r.tenant) {
+            *n = n.saturating_sub(1);
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let _: Result<i64, _> = ::redis::cmd("ZREM").arg(&key).arg(&id).query_async(&mut conn).await;
+                let mut cmd = ::redis::cmd("ZREM");
+                cmd.arg(&r.key).arg(&r.id);
+                let failed = match tokio::time::timeout(r.timeout, cmd.query_async::<i64>(&mut r.conn)).await {
+                    Ok(Ok(_)) => None,
+                    Ok(Err(e)) => Some(Unavailable::Error(e.to_string())),
+                    Err(_) => Some(Unavailable::Timeout),
+                };
+                if let Some(e) = failed {
+                    count_error("release", &e);
+                    tracing::warn!(error = %e, "concurrency lease not released; it expires on its own");
+                }
             });
         }
     }
@@ -219,22 +519,64 @@ impl Drop for Lease {
 
 #[async_trait]
 impl Limiter for RedisLimiter {
+    /// Without a fail mode: refuses (503) whenever Redis cannot decide. Deployments use
+    /// [`crate::shared::SharedLimiter`], which adds the configured fail mode.
     async fn admit(&self, req: &LimitRequest<'_>) -> Result<Admission, Rejection> {
         match self.try_admit(req).await {
             Ok(decision) => decision,
             Err(e) => {
-                // Fail closed: without the shared state no instance may admit.
-                tracing::error!(error = %e.0, "redis limiter unavailable; refusing");
-                Err(Rejection {
-                    kind: LimitKind::Global,
-                    retry_after_secs: 1,
-                    rate: RateInfo { limit: req.limits.tenant_per_minute, remaining: 0, reset_secs: 1 },
-                })
+                tracing::error!(error = %e, "redis limiter unavailable; refusing");
+                Err(crate::shared::unavailable(req.limits))
             }
         }
     }
 
-    fn in_flight(&self, _tenant: &str) -> u32 {
-        0
+    fn in_flight(&self, tenant: &str) -> u32 {
+        self.held(tenant)
+    }
+
+    fn health(&self) -> LimiterHealth {
+        LimiterHealth { backend: "redis", fail_mode: Some("fail_closed"), degraded: None }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted_and_their_secrets_found() {
+        assert_eq!(redact_url("redis://127.0.0.1:6379/0"), "redis://127.0.0.1:6379/0");
+        assert_eq!(redact_url("redis://default:s3cret@r.internal:6379/2"), "redis://default:***@r.internal:6379/2");
+        assert_eq!(redact_url("redis://:s3cret@r.internal"), "redis://:***@r.internal");
+        assert_eq!(redact_url("rediss://s3cret@r.internal"), "rediss://***@r.internal");
+        assert_eq!(
+            redact_url("redis+unix:///run/redis.sock?db=1&pass=s3cret"),
+            "redis+unix:///run/redis.sock?db=1&pass=***"
+        );
+        assert_eq!(secrets_of("redis://default:s3cret@r.internal:6379/2"), vec![String::from("s3cret")]);
+        assert_eq!(secrets_of("redis+unix:///run/redis.sock?password=x1"), vec![String::from("x1")]);
+        assert!(secrets_of("redis://127.0.0.1:6379").is_empty());
+    }
+
+    #[test]
+    fn a_url_that_cannot_be_used_is_refused_without_its_password() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+        let Ok(rt) = rt else { return };
+        rt.block_on(async {
+            let s = RedisSettings {
+                url: String::from("http://user:hunter2@127.0.0.1:6379"),
+                prefix: String::from("t"),
+                timeout: Duration::from_millis(50),
+                lease: Duration::from_secs(30),
+            };
+            match RedisLimiter::open(&s) {
+                Ok(_) => unreachable!("an http URL is not a redis URL"),
+                Err(e) => {
+                    let text = e.to_string();
+                    assert!(text.contains("invalid redis URL") && !text.contains("hunter2"), "{text}");
+                }
+            }
+        });
     }
 }

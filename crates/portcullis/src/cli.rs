@@ -131,6 +131,10 @@ pub enum AuditCmd {
         limit: u32,
     },
     /// Check the database log and the JSONL files; exit 0 when whole, 1 naming the first broken link.
+    ///
+    /// With PORTCULLIS_DATABASE_URL: every chain in the database and every signed checkpoint,
+    /// then the files of this data dir — the CLI's own and those of each instance directory
+    /// (`instances/*/`); the chains of instances whose files are elsewhere are named as such.
     Verify,
 }
 
@@ -166,7 +170,8 @@ fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) -> 
 
 async fn open(cfg: Config) -> anyhow::Result<Opened> {
     // Several CLI commands may run at once: they read the chain head inside each transaction.
-    runtime::open(cfg, String::from(CLI_WRITER), false).await
+    let audit_dir = cfg.data_dir.join("audit");
+    runtime::open(cfg, String::from(CLI_WRITER), false, audit_dir).await
 }
 
 /// Runs a command on the opened store, then stops the audit writer cleanly (final signed
@@ -423,6 +428,41 @@ async fn key_on(o: &Opened, json: bool, cmd: KeyCmd) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
+/// The scale-out shape's files under this data dir: the CLI's own (`audit/`) and those of every
+/// instance directory (`instances/*/audit/`). The chains of those instances (their `node-id`s,
+/// or `audit.writer_id` when one is configured) must be whole in their files; the CLI's chain is
+/// written from wherever the CLI runs, so its lines here are checked one by one.
+fn scale_out_sources(cfg: &Config) -> anyhow::Result<portcullis_audit::FileSources> {
+    let mut dirs = vec![cfg.data_dir.join("audit")];
+    let mut complete = std::collections::BTreeSet::new();
+    let instances = cfg.data_dir.join("instances");
+    if instances.is_dir() {
+        let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(&instances)
+            .with_context(|| format!("reading {}", instances.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir())
+            .collect();
+        found.sort();
+        for inst in found {
+            match std::fs::read_to_string(inst.join("node-id")) {
+                Ok(id) => {
+                    complete.insert(id.trim().to_owned());
+                }
+                Err(_) => {
+                    if let Some(w) = &cfg.audit.writer_id {
+                        complete.insert(w.clone());
+                    }
+                }
+            }
+            if inst.join("audit").is_dir() {
+                dirs.push(inst.join("audit"));
+            }
+        }
+    }
+    dirs.retain(|d| d.is_dir());
+    Ok(portcullis_audit::FileSources { dirs, complete: Some(complete) })
+}
+
 pub async fn audit(cfg: Config, json: bool, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
     let o = open(cfg).await?;
     let result = audit_on(&o, json, cmd).await;
@@ -473,7 +513,14 @@ async fn audit_on(o: &Opened, json: bool, cmd: AuditCmd) -> anyhow::Result<ExitC
         }
         AuditCmd::Verify => {
             let key = SigningKey::from_bytes(&o.signing_key).verifying_key();
-            let report = portcullis_audit::verify(o.audit_reader.as_ref(), &dir, &key).await.map_err(|e| anyhow!(e))?;
+            let sources = if o.cfg.database_url.is_some() {
+                scale_out_sources(&o.cfg)?
+            } else {
+                portcullis_audit::FileSources { dirs: vec![dir], complete: None }
+            };
+            let report = portcullis_audit::verify_sources(o.audit_reader.as_ref(), &sources, &key)
+                .await
+                .map_err(|e| anyhow!(e))?;
             print(json, &report, || {
                 let mut s = String::new();
                 for w in &report.writers {
@@ -483,6 +530,11 @@ async fn audit_on(o: &Opened, json: bool, cmd: AuditCmd) -> anyhow::Result<ExitC
                         w.records,
                         w.head_seq,
                         w.last_checkpoint_seq.map(|c| c.to_string()).unwrap_or_else(|| String::from("none"))
+                    ));
+                }
+                for w in &report.files_elsewhere {
+                    s.push_str(&format!(
+                        "chain {w}: its files are not under this data dir (an instance elsewhere): checked in the database and against its checkpoints\n"
                     ));
                 }
                 s.push_str(&format!(

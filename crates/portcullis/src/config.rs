@@ -18,7 +18,11 @@ pub struct Config {
     /// `postgres://…` of the role that owns the schema: used only to migrate (`portcullis
     /// migrate`, and at start when set).
     pub migration_database_url: Option<String>,
+    /// `redis://…`: limits shared by every instance, in Redis (see `[redis]`); absent = each
+    /// process limits in memory.
     pub redis_url: Option<String>,
+    pub redis: RedisSection,
+    pub database: DatabaseSection,
     /// 64 hex characters; otherwise `<data_dir>/secrets/key-pepper` (generated on first start,
     /// embedded shape only: the scale-out shape requires these three secrets to be given).
     pub key_pepper: Option<String>,
@@ -36,6 +40,55 @@ pub struct Config {
     pub metrics: MetricsSection,
     pub tiers: BTreeMap<String, TierLimits>,
     pub routes: Vec<portcullis_http::proxy::RouteConfig>,
+}
+
+/// The shared limiter (used when `redis_url` is set).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSection {
+    /// Prefix of every key: the same on every instance of one deployment, different between
+    /// deployments (or test runs) sharing a Redis.
+    pub key_prefix: String,
+    /// Longest wait for Redis per call (decision, lease renewal or release, probe).
+    pub timeout_ms: u64,
+    /// While Redis is unreachable or slower than the timeout: `fail_closed` (503) or `local`
+    /// (each instance limits in process).
+    pub fail_mode: String,
+    /// While degraded: how often to ask Redis whether it is back.
+    pub probe_interval_ms: u64,
+    /// Concurrency lease: a crashed instance's slots come back after this long.
+    pub lease_secs: u64,
+    /// `local` mode: each instance enforces every limit divided by this (set it to the number of
+    /// instances to keep the deployment near its limits while Redis is away).
+    pub fallback_divisor: u32,
+}
+
+impl Default for RedisSection {
+    fn default() -> Self {
+        Self {
+            key_prefix: String::from("portcullis"),
+            timeout_ms: 100,
+            fail_mode: String::from("fail_closed"),
+            probe_interval_ms: 250,
+            lease_secs: 30,
+            fallback_divisor: 1,
+        }
+    }
+}
+
+/// The PostgreSQL pools (used when `database_url` is set).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSection {
+    /// Longest wait for a pooled connection, including making a new one. While PostgreSQL is
+    /// down every request that needs it waits this long, then gets 503.
+    pub acquire_timeout_ms: u64,
+}
+
+impl Default for DatabaseSection {
+    fn default() -> Self {
+        Self { acquire_timeout_ms: 500 }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -153,6 +206,8 @@ impl Default for Config {
             database_url: None,
             migration_database_url: None,
             redis_url: None,
+            redis: RedisSection::default(),
+            database: DatabaseSection::default(),
             key_pepper: None,
             key_pepper_file: None,
             audit_signing_key: None,
@@ -231,6 +286,8 @@ const ENV_KEYS: &[&str] = &[
     "database_url",
     "migration_database_url",
     "redis_url",
+    "redis",
+    "database",
     "key_pepper",
     "key_pepper_file",
     "audit_signing_key",
@@ -291,6 +348,34 @@ pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
         anyhow::bail!(
             "invalid configuration: audit.checkpoint_every, audit.checkpoint_interval_secs and audit.max_batch must be positive"
         );
+    }
+    let r = &cfg.redis;
+    r.fail_mode
+        .parse::<portcullis_limiter::shared::FailMode>()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: redis.fail_mode: {e}"))?;
+    if r.key_prefix.is_empty()
+        || r.key_prefix.len() > 100
+        || r.key_prefix.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        anyhow::bail!("invalid configuration: redis.key_prefix must be 1 to 100 characters without spaces");
+    }
+    if !(1..=10_000).contains(&r.timeout_ms) {
+        anyhow::bail!("invalid configuration: redis.timeout_ms must be between 1 and 10000");
+    }
+    if !(10..=60_000).contains(&r.probe_interval_ms) {
+        anyhow::bail!("invalid configuration: redis.probe_interval_ms must be between 10 and 60000");
+    }
+    // A lease is renewed every third of its length; each renewal may take up to the timeout.
+    if r.lease_secs == 0 || r.lease_secs > 3600 || r.lease_secs.saturating_mul(1000) < r.timeout_ms.saturating_mul(6) {
+        anyhow::bail!(
+            "invalid configuration: redis.lease_secs must be between 1 and 3600 and at least six times redis.timeout_ms"
+        );
+    }
+    if r.fallback_divisor == 0 {
+        anyhow::bail!("invalid configuration: redis.fallback_divisor must be at least 1");
+    }
+    if !(1..=60_000).contains(&cfg.database.acquire_timeout_ms) {
+        anyhow::bail!("invalid configuration: database.acquire_timeout_ms must be between 1 and 60000");
     }
     Ok(cfg)
 }

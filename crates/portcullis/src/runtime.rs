@@ -5,6 +5,9 @@ use anyhow::{Context, bail};
 use portcullis_audit::{Acknowledge, AuditConfig, AuditLog};
 use portcullis_core::Tier;
 use portcullis_guard::{CredentialThrottle, Guard, GuardConfig, JwtConfig, LimitsConfig, LoginPolicy, SystemClock};
+use portcullis_limiter::Limiter;
+use portcullis_limiter::redis::{RedisSettings, redact_url};
+use portcullis_limiter::shared::{FailMode, SharedLimiter, SharedSettings};
 use portcullis_store::postgres as pg;
 use portcullis_store::sqlite::{SqliteAuditStore, SqliteStore};
 use portcullis_store::{AuditStore, Store};
@@ -64,11 +67,14 @@ fn write_private(path: &Path, content: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn writer_id_for_serve(cfg: &Config) -> anyhow::Result<String> {
+/// The chain id of the `serve` process whose own state is in `instance_dir` (the data dir on the
+/// embedded shape, its instance directory in the scale-out one): `audit.writer_id`, else
+/// `instance_dir/node-id`, made on first start.
+pub fn writer_id_for_serve(cfg: &Config, instance_dir: &Path) -> anyhow::Result<String> {
     if let Some(w) = &cfg.audit.writer_id {
         return Ok(w.clone());
     }
-    let path = cfg.data_dir.join("node-id");
+    let path = instance_dir.join("node-id");
     if let Ok(text) = std::fs::read_to_string(&path) {
         return Ok(text.trim().to_owned());
     }
@@ -133,6 +139,7 @@ async fn open_postgres(
     cfg: &Config,
     url: &str,
 ) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn AuditStore>, OpenAuditStore)> {
+    let acquire = Duration::from_millis(cfg.database.acquire_timeout_ms);
     if let Some(owner_url) = &cfg.migration_database_url {
         let app_role = pg::url_user(url)?;
         let report = pg::migrate(owner_url, &app_role).await?;
@@ -140,7 +147,7 @@ async fn open_postgres(
             tracing::info!(applied = ?report.applied, version = report.version, "PostgreSQL schema migrated");
         }
     }
-    let pool = pg::connect(url, PG_STORE_CONNECTIONS).await?;
+    let pool = pg::connect_with_timeout(url, PG_STORE_CONNECTIONS, acquire).await?;
     let checked = pg::check_app_role(&pool).await?;
     tracing::info!(
         database = %pg::redact_url(url),
@@ -150,11 +157,13 @@ async fn open_postgres(
     );
     let store: Arc<dyn Store> = Arc::new(pg::PgStore::new(pool));
     let reader: Arc<dyn AuditStore> =
-        Arc::new(pg::PgAuditStore::new(pg::connect(url, PG_AUDIT_READER_CONNECTIONS).await?));
+        Arc::new(pg::PgAuditStore::new(pg::connect_with_timeout(url, PG_AUDIT_READER_CONNECTIONS, acquire).await?));
     let url = url.to_owned();
     let open_writer: OpenAuditStore = Box::new(move || {
         Box::pin(async move {
-            let pool = pg::connect(&url, PG_AUDIT_WRITER_CONNECTIONS).await.map_err(|e| e.to_string())?;
+            let pool = pg::connect_with_timeout(&url, PG_AUDIT_WRITER_CONNECTIONS, acquire)
+                .await
+                .map_err(|e| e.to_string())?;
             Ok(Arc::new(pg::PgAuditStore::new(pool)) as Arc<dyn AuditStore>)
         })
     });
@@ -181,17 +190,56 @@ async fn open_sqlite(cfg: &Config) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn Au
     Ok((store, reader, open_writer))
 }
 
+/// The limiter: shared in Redis when `redis_url` is set (with its fail mode), else in process.
+/// Redis being down is not an error here (the limiter starts degraded and recovers on its own);
+/// a URL that cannot be used is.
+async fn open_limiter(cfg: &Config) -> anyhow::Result<Arc<dyn Limiter>> {
+    let Some(url) = &cfg.redis_url else {
+        return Ok(Arc::new(portcullis_limiter::local::LocalLimiter::new()));
+    };
+    let r = &cfg.redis;
+    let fail_mode: FailMode = r.fail_mode.parse().map_err(|e: String| anyhow::anyhow!("redis.fail_mode: {e}"))?;
+    let limiter = SharedLimiter::start(SharedSettings {
+        redis: RedisSettings {
+            url: url.clone(),
+            prefix: r.key_prefix.clone(),
+            timeout: Duration::from_millis(r.timeout_ms),
+            lease: Duration::from_secs(r.lease_secs),
+        },
+        fail_mode,
+        probe_interval: Duration::from_millis(r.probe_interval_ms),
+        fallback_divisor: r.fallback_divisor,
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("PORTCULLIS_REDIS_URL: {e}"))?;
+    let health = limiter.health();
+    match &health.degraded {
+        None => tracing::info!(
+            redis = %redact_url(url),
+            key_prefix = %r.key_prefix,
+            fail_mode = fail_mode.as_str(),
+            timeout_ms = r.timeout_ms,
+            "limits: shared in Redis"
+        ),
+        Some(d) => tracing::warn!(
+            redis = %redact_url(url),
+            key_prefix = %r.key_prefix,
+            fail_mode = fail_mode.as_str(),
+            error = %d.reason,
+            "limits: Redis does not answer yet; deciding with the fail mode until it does"
+        ),
+    }
+    Ok(Arc::new(limiter))
+}
+
 /// `exclusive`: this process alone writes `writer_id`'s chain (serve, under its lock file).
+/// `audit_dir`: where this process's JSONL copy of its chain goes.
 ///
 /// `PORTCULLIS_DATABASE_URL` selects the scale-out shape: every store on PostgreSQL, the shared
-/// secrets from the environment. The data dir still holds what is the instance's own: its chain
-/// id, its lock and its JSONL audit files.
-pub async fn open(cfg: Config, writer_id: String, exclusive: bool) -> anyhow::Result<Opened> {
-    if cfg.redis_url.is_some() {
-        bail!(
-            "PORTCULLIS_REDIS_URL selects the shared Redis limiter, which this build does not wire in yet; unset it to use the in-process limiter"
-        );
-    }
+/// secrets from the environment. The data dir still holds what is each process's own: a serve
+/// instance's chain id, lock and JSONL audit files (in its instance directory), the CLI's files.
+/// `PORTCULLIS_REDIS_URL` shares the limits in Redis.
+pub async fn open(cfg: Config, writer_id: String, exclusive: bool, audit_dir: PathBuf) -> anyhow::Result<Opened> {
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let (pepper, master_key, signing_key) = if cfg.database_url.is_some() {
         shared_secrets(&cfg)?
@@ -215,7 +263,7 @@ pub async fn open(cfg: Config, writer_id: String, exclusive: bool) -> anyhow::Re
     let audit = AuditLog::start(
         AuditConfig {
             writer_id,
-            dir: cfg.data_dir.join("audit"),
+            dir: audit_dir,
             fsync: cfg.audit.fsync,
             signing_key,
             checkpoint_every: cfg.audit.checkpoint_every,
@@ -234,6 +282,7 @@ pub async fn open(cfg: Config, writer_id: String, exclusive: bool) -> anyhow::Re
     )
     .await
     .map_err(|e| anyhow::anyhow!("audit log: {e}"))?;
+    let limiter = open_limiter(&cfg).await?;
     let login = &cfg.auth.login;
     let guard = Guard::new(
         GuardConfig {
@@ -247,7 +296,7 @@ pub async fn open(cfg: Config, writer_id: String, exclusive: bool) -> anyhow::Re
                 },
             },
             master_key: portcullis_guard::sealed::MasterKey::new(master_key),
-            limiter: Arc::new(portcullis_limiter::local::LocalLimiter::new()),
+            limiter,
             limits: LimitsConfig {
                 tiers: cfg
                     .tiers

@@ -7,6 +7,8 @@ use portcullis_core::audit::AuditResult;
 use portcullis_core::iplist::{IpPolicy, IpRules, IpSet, parse_net};
 use portcullis_guard::{Grant, Guard, RequestMeta};
 use portcullis_http::{HttpSettings, server::ServeSettings};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,11 +56,21 @@ async fn bootstrap(guard: &Arc<Guard>, listen: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    init_tracing(&cfg);
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
-    // One server per data dir: two would write the same audit chain.
-    let lock_path = cfg.data_dir.join("serve.lock");
+/// The directory of a scale-out instance's own state, named by its listen address: a restart on
+/// the same address continues the same chain, and instances on one data dir never share one.
+pub fn instance_dir(data_dir: &Path, listen: &SocketAddr) -> PathBuf {
+    let name: String = listen
+        .to_string()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .collect();
+    data_dir.join("instances").join(name)
+}
+
+/// Takes the lock that makes this process the only `serve` on `dir` (the only writer of the
+/// chain whose id and files live there).
+fn lock(dir: &Path, what: impl FnOnce() -> String) -> anyhow::Result<std::fs::File> {
+    let lock_path = dir.join("serve.lock");
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -66,15 +78,44 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .open(&lock_path)
         .with_context(|| format!("opening {}", lock_path.display()))?;
     if lock.try_lock().is_err() {
-        anyhow::bail!("another `portcullis serve` is using the data dir {}", cfg.data_dir.display());
+        anyhow::bail!("{}", what());
     }
-    let writer_id = runtime::writer_id_for_serve(&cfg)?;
-    let listen = cfg.listen.clone();
-    let listener = tokio::net::TcpListener::bind(&listen)
+    Ok(lock)
+}
+
+async fn bind(listen: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on {listen} (set PORTCULLIS_LISTEN)"))?;
+        .with_context(|| format!("cannot listen on {listen} (set PORTCULLIS_LISTEN)"))
+}
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    init_tracing(&cfg);
+    // Before anything records a metric (the limiter does at start).
+    let _ = portcullis_http::metrics::install();
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    let (lock, listener, instance) = if cfg.database_url.is_some() {
+        // Scale-out: several instances may share the data dir (they form one deployment); each
+        // keeps its lock, chain id and audit files in its own directory, named by the address it
+        // listens on. Bound first: with port 0 the address is known only then.
+        let listener = bind(&cfg.listen).await?;
+        let addr = listener.local_addr()?;
+        let dir = instance_dir(&cfg.data_dir, &addr);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating instance dir {}", dir.display()))?;
+        let lock = lock(&dir, || {
+            format!("another `portcullis serve` listening on {addr} is using the instance dir {}", dir.display())
+        })?;
+        (lock, listener, dir)
+    } else {
+        // One server per data dir: two would write the same audit chain.
+        let lock = lock(&cfg.data_dir, || {
+            format!("another `portcullis serve` is using the data dir {}", cfg.data_dir.display())
+        })?;
+        (lock, bind(&cfg.listen).await?, cfg.data_dir.clone())
+    };
+    let writer_id = runtime::writer_id_for_serve(&cfg, &instance)?;
     let local = listener.local_addr()?;
-    let opened = runtime::open(cfg, writer_id.clone(), true).await?;
+    let opened = runtime::open(cfg, writer_id.clone(), true, instance.join("audit")).await?;
     let cfg = opened.cfg;
     let guard = opened.guard;
     guard.spawn_maintenance();
@@ -111,7 +152,25 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     for r in &cfg.routes {
         println!("  route:    http://{local}{}/…  →  {}   (action {})", r.prefix, r.upstream, r.action);
     }
-    println!("  data dir: {}   audit chain: {writer_id}", cfg.data_dir.display());
+    if instance == cfg.data_dir {
+        println!("  data dir: {}   audit chain: {writer_id}", cfg.data_dir.display());
+    } else {
+        println!(
+            "  data dir: {}   instance dir: {}   audit chain: {writer_id}",
+            cfg.data_dir.display(),
+            instance.display()
+        );
+    }
+    match &cfg.redis_url {
+        Some(url) => println!(
+            "  limits:   shared in Redis {} (key prefix {}, fail mode {}, timeout {} ms)",
+            portcullis_limiter::redis::redact_url(url),
+            cfg.redis.key_prefix,
+            cfg.redis.fail_mode,
+            cfg.redis.timeout_ms
+        ),
+        None => println!("  limits:   in this process"),
+    }
     tracing::info!(listen = %local, writer_id, "portcullis serving");
     let audit = guard.audit_log().clone();
     let settings = ServeSettings {

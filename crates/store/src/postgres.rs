@@ -453,13 +453,27 @@ pub fn url_user(url: &str) -> std::result::Result<String, PgSetupError> {
     Ok(options(url)?.get_username().to_owned())
 }
 
+/// How long tools (`migrate`, tests) wait for a connection by default.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A pool for the application role. Connections are made on demand; the first is made now so
 /// a wrong URL fails at start, not at the first request.
 pub async fn connect(url: &str, max_connections: u32) -> std::result::Result<PgPool, PgSetupError> {
+    connect_with_timeout(url, max_connections, DEFAULT_ACQUIRE_TIMEOUT).await
+}
+
+/// [`connect`] with the longest wait for a connection. sqlx keeps retrying a refused connection
+/// until this passes, so while PostgreSQL is down every request waits exactly this long before
+/// its 503: `serve` sets it small (`database.acquire_timeout_ms`).
+pub async fn connect_with_timeout(
+    url: &str,
+    max_connections: u32,
+    acquire_timeout: Duration,
+) -> std::result::Result<PgPool, PgSetupError> {
     PgPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(0)
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(acquire_timeout)
         .idle_timeout(Duration::from_secs(300))
         .connect_with(options(url)?)
         .await
@@ -1321,13 +1335,81 @@ impl Store for PgStore {
 #[derive(Clone)]
 pub struct PgAuditStore {
     pool: PgPool,
+    /// Set when a commit failed: its outcome is unknown (the commit may have happened and only
+    /// the answer been lost with the connection, e.g. when PostgreSQL stopped at that moment).
+    commit_in_doubt: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The true head after a commit in doubt turned out to have happened, until the exclusive
+    /// writer's own idea of its head has caught up with it.
+    adopted_head: std::sync::Arc<std::sync::Mutex<Option<ChainHead>>>,
 }
 
 impl PgAuditStore {
     /// Wraps a pool of the application role; call [`check_app_role`] on it (or on another pool
     /// of the same URL) first.
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self { pool, commit_in_doubt: Default::default(), adopted_head: Default::default() }
+    }
+
+    /// Tells the store that its last commit's outcome is unknown, as a lost answer would (tests
+    /// of the recovery below; nothing else has a reason to call it).
+    #[doc(hidden)]
+    pub fn mark_commit_in_doubt_for_tests(&self) {
+        self.commit_in_doubt.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Where an exclusive writer that believes its head is `known` really continues. Normally
+    /// `known`. After a commit in doubt, the head is read back: if that batch did commit, its
+    /// records are written to the sink now (the writer took its JSONL lines back when it saw the
+    /// error) and the chain continues after them, instead of colliding with them for ever.
+    async fn exclusive_start(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        writer_id: &str,
+        known: &ChainHead,
+        sink: &dyn ChainSink,
+    ) -> std::result::Result<(u64, String), AppendError> {
+        use std::sync::atomic::Ordering;
+        let base = {
+            let mut adopted = self.adopted_head.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match adopted.as_ref() {
+                Some(h) if h.seq > known.seq => h.clone(),
+                _ => {
+                    *adopted = None;
+                    known.clone()
+                }
+            }
+        };
+        if !self.commit_in_doubt.load(Ordering::Acquire) {
+            return Ok((base.seq, base.hash));
+        }
+        let head = sqlx::query("SELECT writer_id, seq, hash FROM audit_heads WHERE writer_id = $1")
+            .bind(writer_id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(StoreError::from)?;
+        let Some(db) = head.as_ref().map(head_from).transpose()?.filter(|db| db.seq > base.seq) else {
+            self.commit_in_doubt.store(false, Ordering::Release);
+            return Ok((base.seq, base.hash));
+        };
+        let rows = sqlx::query("SELECT * FROM audit_events WHERE writer_id = $1 AND seq > $2 ORDER BY seq")
+            .bind(writer_id)
+            .bind(i64::try_from(base.seq).unwrap_or(i64::MAX))
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(StoreError::from)?;
+        let committed: Vec<AuditRecord> =
+            rows.iter().map(|r| record_from(r).map(|(_, rec)| rec)).collect::<Result<_>>()?;
+        // Already durable in the database: written to the files for good, never undone.
+        sink.write(&committed).map_err(AppendError::Sink)?;
+        tracing::warn!(
+            writer_id,
+            from_seq = base.seq + 1,
+            to_seq = db.seq,
+            "an audit batch reported as failed had committed; its records are kept and the chain continues after them"
+        );
+        *self.adopted_head.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(db.clone());
+        self.commit_in_doubt.store(false, Ordering::Release);
+        Ok((db.seq, db.hash))
     }
 }
 
@@ -1539,7 +1621,7 @@ impl AuditStore for PgAuditStore {
     ) -> std::result::Result<Vec<AuditRecord>, AppendError> {
         let mut tx = system_tx(&self.pool, SystemPath::AuditWriter).await?;
         let (mut seq, mut prev) = match known_head {
-            Some(h) => (h.seq, h.hash.clone()),
+            Some(h) => self.exclusive_start(&mut tx, writer_id, h, sink).await?,
             None => {
                 // Writers that may run concurrently on one chain (CLI invocations on several
                 // machines) serialise on the chain's lock until commit, so each reads the true
@@ -1572,6 +1654,7 @@ impl AuditStore for PgAuditStore {
         let undo = sink.write(&records).map_err(AppendError::Sink)?;
         if let Err(e) = tx.commit().await {
             sink.undo(undo);
+            self.commit_in_doubt.store(true, std::sync::atomic::Ordering::Release);
             return Err(AppendError::Store(e.into()));
         }
         Ok(records)

@@ -93,7 +93,8 @@ impl FromRequestParts<AppState> for Caller {
 /// proxied request. Denials are answers (200 with `"decision": "deny"`), not errors.
 #[utoipa::path(post, path = "/v1/authorize", tag = "decisions", request_body = AuthorizeRequest,
     security(("bearer" = []), ("api_key" = [])),
-    responses((status = 200, body = AuthorizeResponse), (status = 400, body = ProblemDoc), (status = 401, body = ProblemDoc)))]
+    responses((status = 200, body = AuthorizeResponse), (status = 400, body = ProblemDoc), (status = 401, body = ProblemDoc),
+        (status = 503, body = ProblemDoc, description = "the shared limiter is unavailable and the gateway fails closed")))]
 pub async fn authorize(
     State(app): State<AppState>,
     c: Caller,
@@ -128,6 +129,16 @@ pub async fn authorize(
                     retry_after_secs: None,
                 });
                 true
+            }
+            Err(r) if r.kind == portcullis_limiter::LimitKind::Unavailable => {
+                // Not a decision: the limits could not be looked up. The caller (another
+                // gateway) gets 503 and applies its own fail mode; the attempt is audited.
+                crate::metrics::limit_rejected(r.kind.as_str());
+                let mut e = app.guard.event_for(&c.grant, &c.meta, &body.action, AuditResult::Failure);
+                e.reason = Some(format!("limit:{}", r.kind.as_str()));
+                e.metadata = serde_json::json!({ "decision_endpoint": "authorize", "context": body.context });
+                app.guard.record(e).await?;
+                return Err(ApiError::Limited(r));
             }
             Err(r) => {
                 crate::metrics::limit_rejected(r.kind.as_str());
@@ -169,7 +180,8 @@ pub async fn authorize(
 /// nginx `auth_request` target: reads `X-Original-URI` and `X-Original-Method`, answers 200 with
 /// `X-Portcullis-Tenant`, `X-Portcullis-User` and `X-Portcullis-Role`, or 401/403/429.
 #[utoipa::path(get, path = "/v1/auth/check", tag = "decisions", security(("bearer" = []), ("api_key" = [])),
-    responses((status = 200, description = "allowed"), (status = 401, body = ProblemDoc), (status = 403, body = ProblemDoc), (status = 429, body = ProblemDoc)))]
+    responses((status = 200, description = "allowed"), (status = 401, body = ProblemDoc), (status = 403, body = ProblemDoc), (status = 429, body = ProblemDoc),
+        (status = 503, body = ProblemDoc, description = "the shared limiter is unavailable and the gateway fails closed")))]
 pub async fn check(State(app): State<AppState>, headers: HeaderMap, c: Caller) -> Result<Response, ApiError> {
     let uri = headers.get("x-original-uri").and_then(|v| v.to_str().ok()).unwrap_or("/");
     let method = headers.get("x-original-method").and_then(|v| v.to_str().ok()).unwrap_or("GET");

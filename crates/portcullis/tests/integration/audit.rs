@@ -20,8 +20,21 @@ fn request_id(r: &Response) -> String {
     r.headers().get("x-request-id").expect("every response has X-Request-Id").to_str().unwrap().to_owned()
 }
 
+/// Where the one server on `data` keeps its own state: the data dir itself (embedded) or its
+/// instance directory (scale-out: `instances/<listen address>/`).
+fn server_dir(data: &Path) -> PathBuf {
+    let instances = data.join("instances");
+    if !data.join("node-id").exists() && instances.is_dir() {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(&instances).unwrap().map(|e| e.unwrap().path()).collect();
+        dirs.sort();
+        assert_eq!(dirs.len(), 1, "one server on {}: {dirs:?}", data.display());
+        return dirs.remove(0);
+    }
+    data.to_path_buf()
+}
+
 fn node_id(data: &Path) -> String {
-    std::fs::read_to_string(data.join("node-id")).unwrap().trim().to_owned()
+    std::fs::read_to_string(server_dir(data).join("node-id")).unwrap().trim().to_owned()
 }
 
 // ---- the CLI against any data dir (a copy of a stopped server's) ----
@@ -191,13 +204,21 @@ fn db_request_ids(data: &Path) -> HashSet<String> {
 
 // ---- the JSONL files ----
 
+/// Every audit file under the data dir: the CLI's and the server's (the same directory on the
+/// embedded shape).
 fn audit_files(data: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(data.join("audit"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("audit-"))
-        .collect();
-    files.sort();
+    let mut dirs = vec![data.join("audit"), server_dir(data).join("audit")];
+    dirs.dedup();
+    let mut files = Vec::new();
+    for d in dirs.iter().filter(|d| d.is_dir()) {
+        let mut in_dir: Vec<PathBuf> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("audit-"))
+            .collect();
+        in_dir.sort();
+        files.extend(in_dir);
+    }
     files
 }
 
@@ -809,7 +830,7 @@ fn a_clean_stop_signs_the_head_of_the_chain() {
                 .push(format!("life {life}: head seq {}, last checkpoint {}", w["head_seq"], w["last_checkpoint_seq"]));
         }
         // Each checkpoint goes to both sinks.
-        let in_file = read_lines(&data.join("audit").join("checkpoints.jsonl")).len();
+        let in_file = read_lines(&server_dir(&data).join("audit").join("checkpoints.jsonl")).len();
         let in_db = db_checkpoints(&data);
         let gap = in_file as i64 - in_db;
         if gap != missing_in_db {
@@ -833,8 +854,8 @@ fn a_request_whose_audit_event_cannot_be_written_is_refused_with_503_and_changes
     let (_, admin) = s.create_key(&op, &t, "admin");
 
     // Make the audit directory unusable even for root: a regular file where the directory was.
-    let audit_dir = data.join("audit");
-    let moved = data.join("audit.moved");
+    let audit_dir = server_dir(&data).join("audit");
+    let moved = server_dir(&data).join("audit.moved");
     std::fs::rename(&audit_dir, &moved).unwrap();
     std::fs::write(&audit_dir, b"not a directory").unwrap();
 
@@ -1198,6 +1219,10 @@ fn audit_query_filters_paginates_and_is_tenant_scoped() {
 /// refuses no request, and the index catches up from the files once the database is back.
 #[test]
 fn a_failing_query_index_refuses_nothing_and_catches_up_from_the_files() {
+    if harness::embedded_only("the query index is the embedded shape's audit.db; on PostgreSQL the database is the log")
+    {
+        return;
+    }
     let s = start(&[]);
     let data = s.data_dir();
     let op = s.operator_token();

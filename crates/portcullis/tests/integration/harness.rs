@@ -6,12 +6,16 @@
 //! by `portcullis migrate` as its owner role, served as a plain application role, the shared
 //! secrets in the environment). Tests that read the embedded store's files call
 //! [`embedded_only`].
+//!
+//! With `PORTCULLIS_TEST_LIMITS=redis` every server also shares its limits in Redis
+//! (`PORTCULLIS_TEST_REDIS_URL`, default the standard loopback server), each server under its own
+//! key prefix unless it joins another's deployment.
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
@@ -23,6 +27,32 @@ pub fn shape_is_postgres() -> bool {
         Ok("embedded") | Ok("") | Err(_) => false,
         Ok(other) => panic!("PORTCULLIS_TEST_SHAPE=`{other}`: expected `embedded` or `postgres`"),
     }
+}
+
+/// Whether servers share their limits in Redis (`PORTCULLIS_TEST_LIMITS=redis`).
+pub fn limits_in_redis() -> bool {
+    match std::env::var("PORTCULLIS_TEST_LIMITS").as_deref() {
+        Ok("redis") => true,
+        Ok("local") | Ok("") | Err(_) => false,
+        Ok(other) => panic!("PORTCULLIS_TEST_LIMITS=`{other}`: expected `local` or `redis`"),
+    }
+}
+
+/// The test Redis: `PORTCULLIS_TEST_REDIS_URL` (set by `scripts/test.sh`), else the standard
+/// loopback server.
+pub fn redis_url() -> String {
+    std::env::var("PORTCULLIS_TEST_REDIS_URL").unwrap_or_else(|_| String::from("redis://127.0.0.1:6379"))
+}
+
+/// The environment that puts a server's limits in the test Redis under a fresh key prefix. The
+/// timeout is generous: debug builds on a loaded machine must not fall into the fail mode by
+/// accident (the fault tests set their own).
+pub fn redis_limits_env() -> Vec<(String, String)> {
+    vec![
+        (String::from("PORTCULLIS_REDIS_URL"), redis_url()),
+        (String::from("PORTCULLIS_REDIS__KEY_PREFIX"), format!("pct-test:{}", uuid_like())),
+        (String::from("PORTCULLIS_REDIS__TIMEOUT_MS"), String::from("2000")),
+    ]
 }
 
 /// For a test that only makes sense on the embedded store (it reads or tampers with the data
@@ -99,6 +129,8 @@ pub fn pg_all_rows_text(admin_url: &str) -> String {
 /// (owns the database, runs `migrate`) and a plain login application role. Everything is
 /// uniquely named and dropped again on drop.
 pub struct PgDatabase {
+    /// Superuser URL of the server the database is on.
+    pub server_admin_url: String,
     pub name: String,
     pub owner: String,
     pub app: String,
@@ -108,12 +140,16 @@ pub struct PgDatabase {
     pub app_url: String,
     /// The application role's password, which must never appear in any output.
     pub app_password: String,
-    server_admin_url: String,
 }
 
 impl PgDatabase {
     pub fn create() -> PgDatabase {
-        let server_admin_url = pg_admin_url();
+        Self::create_on(&pg_admin_url())
+    }
+
+    /// A fresh database on the server whose superuser URL is `server_admin_url`.
+    pub fn create_on(server_admin_url: &str) -> PgDatabase {
+        let server_admin_url = server_admin_url.to_owned();
         let name = format!("pct_{}", uuid_like());
         let owner = format!("{name}_owner");
         let app = format!("{name}_app");
@@ -146,6 +182,12 @@ impl PgDatabase {
     }
 
     /// Runs `portcullis migrate` with both URLs, as the deployment guide says.
+    /// Migrated, ready for `serve`.
+    pub fn migrated(self) -> PgDatabase {
+        self.migrate();
+        self
+    }
+
     pub fn migrate(&self) {
         let out = Command::new(BIN)
             .env_clear()
@@ -205,12 +247,17 @@ pub struct Server {
     child: Option<Child>,
     pub base: String,
     pub addr: String,
-    /// Kept alive for the server's lifetime; removed on drop.
-    pub dir: tempfile::TempDir,
+    /// Kept alive for the server's lifetime; removed on drop of the last server sharing it.
+    pub dir: Arc<tempfile::TempDir>,
+    /// This process's stderr (several instances may share `dir`).
+    log_file: PathBuf,
     pub env: Vec<(String, String)>,
     pub config: Option<PathBuf>,
     pub bootstrap_password: Option<String>,
+    /// What the process printed until it listened.
     pub stdout: Vec<String>,
+    /// Everything it printed since (the rest of the start-up banner and beyond).
+    stdout_after: Arc<Mutex<Vec<String>>>,
     /// The server's own database in the PostgreSQL shape; dropped after the process is killed.
     pub pg: Option<PgDatabase>,
     client: Client,
@@ -249,10 +296,15 @@ impl Server {
         Self::start_on(None, env, None)
     }
 
-    fn start_on(pg: Option<PgDatabase>, env: &[(&str, &str)], config_toml: Option<&str>) -> Server {
+    /// A server on `pg` (if given; none = the embedded shape unless `env` says otherwise).
+    pub fn start_on(pg: Option<PgDatabase>, env: &[(&str, &str)], config_toml: Option<&str>) -> Server {
         let mut all_env = pg.as_ref().map(scale_out_env).unwrap_or_default();
+        // A server given its own Redis settings (or another's, to join its deployment) keeps them.
+        if limits_in_redis() && !env.iter().any(|(k, _)| *k == "PORTCULLIS_REDIS_URL") {
+            all_env.extend(redis_limits_env());
+        }
         all_env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let dir = tempfile::Builder::new().prefix("portcullis-test-").tempdir().unwrap();
+        let dir = Arc::new(tempfile::Builder::new().prefix("portcullis-test-").tempdir().unwrap());
         let config = config_toml.map(|text| {
             let p = dir.path().join("portcullis.toml");
             std::fs::write(&p, text).unwrap();
@@ -262,11 +314,13 @@ impl Server {
             child: None,
             base: String::new(),
             addr: String::new(),
+            log_file: dir.path().join("server.log"),
             dir,
             env: all_env,
             config,
             bootstrap_password: None,
             stdout: Vec::new(),
+            stdout_after: Arc::default(),
             pg,
             client: client(),
         };
@@ -276,6 +330,58 @@ impl Server {
         }
         s.spawn();
         s
+    }
+
+    /// Another instance of this server's deployment: the same environment (database, secrets,
+    /// Redis and its key prefix, configuration file) and the same data dir, its own listen
+    /// address — what the contract calls one deployment. `extra` overrides variables.
+    pub fn start_instance(&self, extra: &[(&str, &str)]) -> Server {
+        let n = self.dir.path().read_dir().map(|d| d.count()).unwrap_or(0);
+        let mut env = self.env.clone();
+        for (k, v) in extra {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        let mut s = Server {
+            child: None,
+            base: String::new(),
+            addr: String::new(),
+            log_file: self.dir.path().join(format!("server-{n}-{}.log", uuid_like())),
+            dir: self.dir.clone(),
+            env,
+            config: self.config.clone(),
+            bootstrap_password: None,
+            stdout: Vec::new(),
+            stdout_after: Arc::default(),
+            pg: None,
+            client: client(),
+        };
+        s.spawn();
+        s
+    }
+
+    /// Whether this server runs in the scale-out shape (on PostgreSQL).
+    pub fn scale_out(&self) -> bool {
+        self.env.iter().any(|(k, _)| k == "PORTCULLIS_DATABASE_URL")
+    }
+
+    /// Where this process keeps its own state (`node-id`, `serve.lock`, `audit/`): the data dir
+    /// on the embedded shape, its instance directory (named by its address) in the scale-out one.
+    pub fn instance_dir(&self) -> PathBuf {
+        if !self.scale_out() {
+            return self.data_dir();
+        }
+        let name: String = self
+            .addr
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+            .collect();
+        self.data_dir().join("instances").join(name)
+    }
+
+    /// This server's audit chain id.
+    pub fn writer_id(&self) -> String {
+        std::fs::read_to_string(self.instance_dir().join("node-id")).unwrap().trim().to_owned()
     }
 
     /// `portcullis migrate` as an operator runs it: on PostgreSQL with the owner's URL too.
@@ -310,8 +416,7 @@ impl Server {
     /// (Re)starts the process on the same data dir and waits until it listens.
     pub fn spawn(&mut self) {
         let listen = if self.addr.is_empty() { String::from("127.0.0.1:0") } else { self.addr.clone() };
-        let log =
-            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("server.log")).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_file).unwrap();
         let mut child = self
             .command()
             .env("PORTCULLIS_LISTEN", &listen)
@@ -322,13 +427,18 @@ impl Server {
             .unwrap();
         let out = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel::<String>();
+        let after = self.stdout_after.clone();
         std::thread::spawn(move || {
+            let mut started = false;
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    // Keep draining so the server never blocks on a full pipe.
+                if started {
+                    // Kept after start-up too; and drained so the server never blocks on a full pipe.
+                    after.lock().unwrap_or_else(|e| e.into_inner()).push(line);
                     continue;
                 }
+                started = line.starts_with("Portcullis listening on ");
+                let _ = tx.send(line);
             }
         });
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -349,8 +459,15 @@ impl Server {
         self.child = Some(child);
     }
 
+    /// Everything the process printed on stdout so far.
+    pub fn all_stdout(&self) -> String {
+        let mut all = self.stdout.clone();
+        all.extend(self.stdout_after.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned());
+        all.join("\n")
+    }
+
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+        std::fs::read_to_string(&self.log_file).unwrap_or_default()
     }
 
     /// SIGKILL: no shutdown code runs.
@@ -515,4 +632,209 @@ pub fn problem(r: Response) -> (u16, Value) {
 /// A loopback port that was free a moment ago (for servers that cannot be told to bind port 0).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A throwaway `redis-server` of a test's own, on a free loopback port in a temp dir, that the
+/// test may stop, hang (SIGSTOP), wake (SIGCONT) and start again on the same port — never the
+/// machine's shared server.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+    password: Option<String>,
+}
+
+impl RedisServer {
+    /// `password`: started with `--requirepass`.
+    pub fn start(password: Option<&str>) -> RedisServer {
+        let mut r = RedisServer {
+            child: None,
+            port: free_port(),
+            dir: tempfile::Builder::new().prefix("portcullis-redis-").tempdir().unwrap(),
+            password: password.map(str::to_owned),
+        };
+        r.start_again();
+        r
+    }
+
+    /// `redis://…` with the password, if any.
+    pub fn url(&self) -> String {
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// (Re)starts on the same port; waits until it answers PING.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let mut c = Command::new("redis-server");
+        c.args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(p) = &self.password {
+            c.args(["--requirepass", p]);
+        }
+        self.child = Some(c.spawn().unwrap_or_else(|e| panic!("redis-server: {e} (apt-get install redis-server)")));
+        let answered = eventually(Duration::from_secs(10), || self.answers());
+        assert!(answered, "redis-server on port {} did not answer", self.port);
+    }
+
+    /// Answers PING (authenticated when it has a password)?
+    pub fn answers(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else { return false };
+        let _ = c.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut req = String::new();
+        if let Some(p) = &self.password {
+            req.push_str(&format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{p}\r\n", p.len()));
+        }
+        req.push_str("*1\r\n$4\r\nPING\r\n");
+        if c.write_all(req.as_bytes()).is_err() {
+            return false;
+        }
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        while !String::from_utf8_lossy(&got).contains("PONG") {
+            match c.read(&mut buf) {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        true
+    }
+
+    /// SIGKILL: gone, its port closed.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap().success();
+        assert!(ok, "kill -{sig} {pid}");
+    }
+
+    /// SIGSTOP: the port still accepts connections, nothing answers.
+    pub fn hang(&self) {
+        self.signal("STOP");
+    }
+
+    pub fn wake(&self) {
+        self.signal("CONT");
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            // A stopped process must be woken to die promptly and release its port.
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(self.child.as_ref().map(Child::id).unwrap_or(0).to_string())
+                .status();
+        }
+        self.stop();
+    }
+}
+
+/// A throwaway PostgreSQL cluster of a test's own (initdb + pg_ctl from `/usr/lib/postgresql/*/bin`,
+/// trust authentication, a free loopback port), which the test may stop and start again — never
+/// the machine's shared server. As root, the cluster belongs to the `postgres` user.
+pub struct PgCluster {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    pub port: u16,
+    run_as_postgres: bool,
+}
+
+impl PgCluster {
+    pub fn start() -> PgCluster {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|d| {
+                let mut v: Vec<PathBuf> = d
+                    .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+                    .filter(|p| p.join("initdb").exists())
+                    .collect();
+                v.sort();
+                v.pop()
+            })
+            .expect("PostgreSQL server binaries in /usr/lib/postgresql/*/bin (apt-get install postgresql)");
+        let dir = tempfile::Builder::new().prefix("portcullis-pg-").tempdir().unwrap();
+        let run_as_postgres =
+            Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false);
+        if run_as_postgres {
+            let ok = Command::new("chown").arg("postgres").arg(dir.path()).status().unwrap().success();
+            assert!(ok, "chown postgres {}", dir.path().display());
+        }
+        let c = PgCluster { bin, dir, port: free_port(), run_as_postgres };
+        let out = c
+            .command("initdb")
+            .arg("-D")
+            .arg(c.data())
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        c.start_again();
+        c
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn command(&self, tool: &str) -> Command {
+        let path = self.bin.join(tool);
+        if self.run_as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            Command::new(path)
+        }
+    }
+
+    /// Superuser URL.
+    pub fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn start_again(&self) {
+        let opts = format!(
+            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off -c max_connections=100",
+            self.port,
+            self.dir.path().display()
+        );
+        let out = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .arg("-l")
+            .arg(self.dir.path().join("log"))
+            .args(["-w", "-o", &opts, "start"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// `pg_ctl stop -m immediate`: every backend killed, no shutdown checkpoint (crash recovery at
+    /// the next start).
+    pub fn stop_immediate(&self) {
+        let out =
+            self.command("pg_ctl").arg("-D").arg(self.data()).args(["-m", "immediate", "-w", "stop"]).output().unwrap();
+        assert!(out.status.success(), "pg_ctl stop: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let _ = self.command("pg_ctl").arg("-D").arg(self.data()).args(["-m", "immediate", "stop"]).output();
+    }
 }

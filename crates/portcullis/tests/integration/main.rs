@@ -20,4 +20,5 @@ mod nginx;
 mod postgres;
 mod proxy;
 mod rbac;
+mod scaleout;
 mod upstream;

@@ -562,37 +562,49 @@ fn migrate_then_two_instances_on_one_database_share_state_and_the_audit_chains_v
     for (w, n, max) in &chains {
         assert_eq!(n, max, "chain {w} is contiguous from 1");
     }
-    // Each data dir holds its own instance's JSONL files; together they are the whole log, and
-    // `audit verify` proves every chain whole against the shared database.
+    // Each data dir holds its own instance's directory with its JSONL files. Verifying one data
+    // dir checks every chain in the database and the files it has; the other instance's chain is
+    // named as kept elsewhere, not as truncated.
+    let (ok, report) = cli_with(&a.env, &a.data_dir(), &["audit", "verify"]);
+    assert!(ok, "audit verify on a's data dir: {report}");
+    assert!(report.contains(&format!("chain {}: its files are not under this data dir", b.writer_id())), "{report}");
+    // Both instance directories under one data dir: every chain is checked against its files.
     let merged = tempfile::tempdir().unwrap();
-    let merged_audit = merged.path().join("data").join("audit");
-    std::fs::create_dir_all(&merged_audit).unwrap();
+    let merged_data = merged.path().join("data");
+    harness::copy_dir(&a.data_dir(), &merged_data);
     for s in [&a, &b] {
-        for entry in std::fs::read_dir(s.data_dir().join("audit")).unwrap() {
-            let entry = entry.unwrap();
-            let text = std::fs::read_to_string(entry.path()).unwrap();
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(merged_audit.join(entry.file_name()))
-                .unwrap();
-            std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
-        }
+        let dir = s.instance_dir();
+        harness::copy_dir(&dir, &merged_data.join("instances").join(dir.file_name().unwrap()));
     }
-    let (ok, report) = cli_with(&a.env, &merged.path().join("data"), &["audit", "verify"]);
+    let (ok, report) = cli_with(&a.env, &merged_data, &["audit", "verify"]);
     assert!(ok, "audit verify: {report}");
+    assert!(!report.contains("not under this data dir"), "{report}");
     for s in [&a, &b] {
-        let mine = std::fs::read_to_string(s.data_dir().join("node-id")).unwrap();
-        assert!(report.contains(&format!("chain {}:", mine.trim())), "{report}");
+        assert!(report.contains(&format!("chain {}:", s.writer_id())), "{report}");
     }
     assert!(report.contains("chain cli:"), "{report}");
+    // A file of an instance found here that lost its last lines is reported.
+    let b_dir = merged_data.join("instances").join(b.instance_dir().file_name().unwrap()).join("audit");
+    let mut b_files: Vec<_> = std::fs::read_dir(&b_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("audit-"))
+        .collect();
+    b_files.sort();
+    let last = b_files.last().unwrap();
+    let text = std::fs::read_to_string(last).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.pop();
+    std::fs::write(last, format!("{}\n", lines.join("\n"))).unwrap();
+    let (ok, report) = cli_with(&a.env, &merged_data, &["audit", "verify"]);
+    assert!(!ok && report.contains(&format!("writer `{}` ends at seq", b.writer_id())), "{report}");
     // Tampering in the shared database is still found.
-    let a_writer = std::fs::read_to_string(a.data_dir().join("node-id")).unwrap().trim().to_owned();
+    let a_writer = a.writer_id();
     pg_exec(
         &admin_url,
         &[format!("UPDATE portcullis.audit_events SET action = 'forged' WHERE seq = 2 AND writer_id = '{a_writer}'")],
     );
-    let (ok, report) = cli_with(&a.env, &merged.path().join("data"), &["audit", "verify"]);
+    let (ok, report) = cli_with(&a.env, &a.data_dir(), &["audit", "verify"]);
     assert!(
         !ok && report.contains(&format!("writer `{a_writer}`: seq 2: content does not match its hash")),
         "{report}"
