@@ -620,7 +620,10 @@ fn audit_verify_passes_untouched_and_names_the_first_broken_link_of_each_tamperi
     let chain = report["writers"].as_array().unwrap().iter().find(|x| x["writer_id"] == w.as_str()).unwrap().clone();
     assert_eq!(chain["head_seq"], n, "{report:#}");
     assert_eq!(chain["records"], n, "{report:#}");
-    assert!(report["checkpoints"].as_u64().unwrap() >= 2 * (n / 5), "every 5 events, in both sinks: {report:#}");
+    // A checkpoint is signed once 5 events are unsigned, at the query index's next flush (which
+    // may take in more than 5 at once): some while running, one at the stop, each in both sinks.
+    let cps = report["checkpoints"].as_u64().unwrap();
+    assert!(cps >= 4 && cps % 2 == 0, "periodic checkpoints, in both sinks: {report:#}");
     // Tail attacks cut below a signed checkpoint (whether the clean stop signed the very head is
     // `a_clean_stop_signs_the_head_of_the_chain`'s business).
     let signed = chain["last_checkpoint_seq"].as_u64().unwrap();
