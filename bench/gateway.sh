@@ -2,13 +2,18 @@
 # Side-by-side gateway benchmark on this machine, in one run:
 #   upstream      the small upstream itself (nginx answering a 5-byte body)
 #   nginx         nginx as a plain reverse proxy in front of it
+#   bare          a bare hyper proxy of Portcullis's transport shape and nothing else (the example
+#                 crates/http/examples/bare_proxy.rs): what the transport costs on this machine, so
+#                 the chain's own cost is the gap between it and `portcullis`
 #   nginx+auth    nginx with limit_req and auth_request → Portcullis /v1/auth/check
 #   portcullis    Portcullis proxying with the full chain (API key, RBAC, rate limit high
 #                 enough not to reject, concurrency, quota, durable audit), audit.fsync off
 #   portcullis+fsync   the same with audit.fsync = true
 #   scaleout      the scale-out shape: three Portcullis instances of one deployment on one
 #                 PostgreSQL (row-level security, audit acknowledged at the database commit) and one
-#                 Redis (every limit decision a script round trip), the same chain and route
+#                 Redis (every limit decision a script round trip), the same chain and route.
+#                 SCALEOUT_ACK=file acknowledges at each instance's own JSONL write instead
+#                 (`audit.acknowledge = "file"`; PostgreSQL is then the query index)
 # The same wrk load runs against each, variants interleaved, ROUNDS rounds, medians reported,
 # with the ratio of each to nginx. Then one connection: added p50 latency over the upstream.
 #
@@ -26,6 +31,7 @@
 #        ROUNDS=5 DURATION=20s CONNS=128 bench/gateway.sh
 #        VARIANTS="nginx portcullis" C1=0 bench/gateway.sh   (a subset, no one-connection part)
 #        VARIANTS="portcullis scaleout" C1=0 bench/gateway.sh
+#        SCALEOUT_ACK=file VARIANTS="portcullis scaleout" C1=0 bench/gateway.sh
 # Besides throughput and latency it reports the CPU time the Portcullis process spent per
 # request (user + system, from /proc): on a shared machine that moves far less than req/s.
 # Needs: wrk, nginx (Debian packages; installed if missing and running as root), cargo.
@@ -50,6 +56,7 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 echo "building portcullis (release)…" >&2
 cargo build --release -q -p portcullis
 BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/portcullis
+BARE=${CARGO_TARGET_DIR:-$PWD/target}/release/examples/bare_proxy
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -60,9 +67,15 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 wait_port() { for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 did not open" >&2; exit 1; }
 
-UP=$(free_port); NG=$(free_port); NGA=$(free_port); PC=$(free_port); PCF=$(free_port)
-read -r -a VARIANTS <<<"${VARIANTS:-upstream nginx nginx+auth portcullis portcullis+fsync scaleout}"
+UP=$(free_port); NG=$(free_port); NGA=$(free_port); PC=$(free_port); PCF=$(free_port); BP=$(free_port)
+read -r -a VARIANTS <<<"${VARIANTS:-upstream nginx bare nginx+auth portcullis portcullis+fsync scaleout}"
 wants() { local v; for v in "${VARIANTS[@]}"; do [ "$v" = "$1" ] && return 0; done; return 1; }
+if wants bare; then
+  cargo build --release -q -p portcullis-http --example bare_proxy
+  "$BARE" "127.0.0.1:$BP" "127.0.0.1:$UP" > "$WORK/bare.log" 2>&1 &
+  PIDS+=($!)
+  echo $! > "$WORK/bare.pid"
+fi
 
 # --- Portcullis, fsync off and on -----------------------------------------------------------
 start_portcullis() { # name port fsync
@@ -159,6 +172,8 @@ data_dir = "$WORK/so/data"
 level = "warn"
 [limits]
 principal_per_minute = 10000000
+[audit]
+acknowledge = "${SCALEOUT_ACK:-database}"
 [[routes]]
 prefix = "/up"
 upstream = "http://127.0.0.1:$UP"
@@ -218,6 +233,10 @@ NGINX
 "$NGINX" -c "$WORK/nginx.conf" -p "$WORK" -g 'daemon off;' 2>>"$WORK/nginx-error.log" &
 PIDS+=($!)
 wait_port "$UP"; wait_port "$NG"; wait_port "$NGA"
+if wants bare; then
+  wait_port "$BP"
+  [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$BP/")" = 200 ] || { echo "bare proxy sanity check failed" >&2; exit 1; }
+fi
 
 # Sanity: every variant answers 200 before measuring.
 for url in "http://127.0.0.1:$UP/" "http://127.0.0.1:$NG/" ; do
@@ -237,7 +256,7 @@ to_ms() { # wrk latency text (e.g. 812.00us, 1.20ms, 1.01s) → milliseconds
 cpu_ticks() { # utime + stime of a process, in clock ticks
   awk '{print $14 + $15}' "/proc/$1/stat"
 }
-pid_of() { case $1 in portcullis) cat "$WORK/pc/pid";; portcullis+fsync) cat "$WORK/pcf/pid";; *) echo "";; esac; }
+pid_of() { case $1 in portcullis) cat "$WORK/pc/pid";; portcullis+fsync) cat "$WORK/pcf/pid";; bare) cat "$WORK/bare.pid";; *) echo "";; esac; }
 run_scaleout() { # conns duration: three wrk at once, one per instance
   local i p before=0 after=0 per=$(( ($1 + 2) / 3 )) loads=()
   for i in 1 2 3; do before=$((before + $(cpu_ticks "$(cat "$WORK/so/pid-$i")"))); done
@@ -289,7 +308,7 @@ run() { # variant conns duration url [header]
 }
 
 url_of() { case $1 in
-  upstream) echo "http://127.0.0.1:$UP/";; nginx) echo "http://127.0.0.1:$NG/";;
+  upstream) echo "http://127.0.0.1:$UP/";; nginx) echo "http://127.0.0.1:$NG/";; bare) echo "http://127.0.0.1:$BP/";;
   nginx+auth) echo "http://127.0.0.1:$NGA/";; portcullis) echo "http://127.0.0.1:$PC/up/";;
   portcullis+fsync) echo "http://127.0.0.1:$PCF/up/";; esac; }
 hdr_of() { case $1 in nginx+auth|portcullis) echo "x-api-key: $KEY";; portcullis+fsync) echo "x-api-key: $KEYF";; *) echo "";; esac; }
@@ -329,12 +348,16 @@ med = {v: (statistics.median(x[0] for x in xs), statistics.median(x[1] for x in 
 base = med["nginx"][0] if "nginx" in med else 0
 print(f"\nGateway benchmark — wrk {sys.argv[3]} connections × {sys.argv[4]}, median of {sys.argv[5]} rounds")
 print(f"{'variant':<18}{'req/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'× nginx':>10}{'non-2xx':>10}{'CPU µs/req':>12}")
-for v in ["upstream", "nginx", "nginx+auth", "portcullis", "portcullis+fsync", "scaleout"]:
+for v in ["upstream", "nginx", "bare", "nginx+auth", "portcullis", "portcullis+fsync", "scaleout"]:
     if v in med:
         rps, p50, p99, errs, cpu = med[v]
         ratio = f"{rps/base:>10.2f}" if base else f"{'-':>10}"
         cpu_text = f"{cpu:>12.1f}" if cpu == cpu else f"{'':>12}"
         print(f"{v:<18}{rps:>12.0f}{p50:>10.3f}{p99:>10.3f}{ratio}{errs:>10}{cpu_text}")
+if "bare" in med and "portcullis" in med and med["bare"][0]:
+    b, p = med["bare"], med["portcullis"]
+    print(f"\nthe chain's own cost: portcullis serves {p[0]/b[0]:.2f}× the bare transport's throughput"
+          + (f", {p[4]-b[4]:.1f} µs of CPU per request on top of its {b[4]:.1f}" if b[4] == b[4] and p[4] == p[4] else ""))
 if "scaleout" in med and "portcullis" in med and med["portcullis"][0]:
     print(f"\nscaleout (3 instances, PostgreSQL + Redis, one machine): {med['scaleout'][0]/med['portcullis'][0]:.2f}× the embedded portcullis throughput")
 c1 = {}

@@ -143,6 +143,20 @@ pub struct AuditSection {
     pub checkpoint_every: u64,
     pub checkpoint_interval_secs: u64,
     pub max_batch: usize,
+    /// When `serve` answers a request whose event it wrote: `file` (once the event is in this
+    /// instance's JSONL file; the database is the query index, filled in the background and
+    /// caught up from the files after a crash) or `database` (once the database has committed
+    /// it). Default: `file` on the embedded shape, `database` on PostgreSQL, where an instance's
+    /// disk may not outlive it. The CLI always waits for the database.
+    pub acknowledge: Option<AuditAcknowledge>,
+}
+
+/// `audit.acknowledge`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditAcknowledge {
+    File,
+    Database,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -235,7 +249,14 @@ impl Default for LogConfig {
 
 impl Default for AuditSection {
     fn default() -> Self {
-        Self { fsync: false, writer_id: None, checkpoint_every: 1000, checkpoint_interval_secs: 60, max_batch: 4096 }
+        Self {
+            fsync: false,
+            writer_id: None,
+            checkpoint_every: 1000,
+            checkpoint_interval_secs: 60,
+            max_batch: 4096,
+            acknowledge: None,
+        }
     }
 }
 

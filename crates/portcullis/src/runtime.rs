@@ -232,6 +232,21 @@ async fn open_limiter(cfg: &Config) -> anyhow::Result<Arc<dyn Limiter>> {
     Ok(Arc::new(limiter))
 }
 
+/// When events count as durable. Only an exclusive writer (serve, under its instance lock) can
+/// acknowledge at its own files: the embedded log is its files and audit.db the query index rebuilt
+/// from them. In the scale-out shape the database is the log unless `audit.acknowledge = "file"`
+/// says this instance's disk outlives it (the PostgreSQL rows then follow within the index delay,
+/// and a restarted instance catches them up from its files).
+pub(crate) fn acknowledge(cfg: &Config, exclusive: bool) -> Acknowledge {
+    use crate::config::AuditAcknowledge;
+    let wanted = cfg.audit.acknowledge.unwrap_or(if cfg.database_url.is_none() {
+        AuditAcknowledge::File
+    } else {
+        AuditAcknowledge::Database
+    });
+    if exclusive && wanted == AuditAcknowledge::File { Acknowledge::FileWrite } else { Acknowledge::DatabaseCommit }
+}
+
 /// `exclusive`: this process alone writes `writer_id`'s chain (serve, under its lock file).
 /// `audit_dir`: where this process's JSONL copy of its chain goes.
 ///
@@ -270,13 +285,7 @@ pub async fn open(cfg: Config, writer_id: String, exclusive: bool, audit_dir: Pa
             checkpoint_interval: Duration::from_secs(cfg.audit.checkpoint_interval_secs),
             max_batch: cfg.audit.max_batch,
             exclusive,
-            // The embedded log is its files; audit.db is the query index rebuilt from them. In the
-            // scale-out shape the database is the log (an instance's disk may not outlive it).
-            acknowledge: if exclusive && cfg.database_url.is_none() {
-                Acknowledge::FileWrite
-            } else {
-                Acknowledge::DatabaseCommit
-            },
+            acknowledge: acknowledge(&cfg, exclusive),
         },
         open_audit_store,
     )

@@ -161,6 +161,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             instance.display()
         );
     }
+    println!(
+        "  audit:    {}",
+        match crate::runtime::acknowledge(&cfg, true) {
+            portcullis_audit::Acknowledge::FileWrite =>
+                "acknowledged at the instance's JSONL write; the database is its query index",
+            portcullis_audit::Acknowledge::DatabaseCommit => "acknowledged at the database commit",
+        }
+    );
     match &cfg.redis_url {
         Some(url) => println!(
             "  limits:   shared in Redis {} (key prefix {}, fail mode {}, timeout {} ms)",

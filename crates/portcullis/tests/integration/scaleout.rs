@@ -537,6 +537,80 @@ fn postgres_stopped_and_back_gives_fast_503s_recovers_and_loses_no_acknowledged_
     assert!(ok, "{report}");
 }
 
+/// `audit.acknowledge = "file"`: an instance answers once an event is in its own JSONL file, and
+/// PostgreSQL is the query index. With PostgreSQL stopped, cached keys keep being served and
+/// every answer is still audited (in the files); back, the index catches up. Killed with -9 under
+/// load and restarted, the instance brings every event it acknowledged into PostgreSQL, and the
+/// chain verifies.
+#[test]
+fn file_acknowledged_instances_serve_through_a_postgres_outage_and_lose_no_event_to_kill_9() {
+    let cluster = PgCluster::start();
+    let db = PgDatabase::create_on(&cluster.admin_url()).migrated();
+    let mut d = Deployment::start(1, db, &[("PORTCULLIS_AUDIT__ACKNOWLEDGE", "file")], "enterprise");
+    d.set_limits(json!({"rate_per_minute": 1_000_000}));
+    let banner = d.instances[0].all_stdout();
+    assert!(banner.contains("audit:    acknowledged at the instance's JSONL write"), "{banner}");
+    let mut answered: Vec<String> = Vec::new();
+    let served = |d: &Deployment, answered: &mut Vec<String>| {
+        let (r, rid, _) = call(&d.instances[0], &d.key);
+        assert_eq!(r.status(), 200, "{:?}", r.text());
+        answered.push(rid);
+    };
+    for _ in 0..5 {
+        served(&d, &mut answered);
+    }
+    cluster.stop_immediate();
+    for _ in 0..20 {
+        served(&d, &mut answered);
+    }
+    cluster.start_again();
+    let all_in_database = |d: &Deployment, answered: &[String]| {
+        let audited = d.audited_request_ids();
+        answered.iter().filter(|id| !audited.contains(*id)).count()
+    };
+    assert!(
+        eventually(PATIENCE, || all_in_database(&d, &answered) == 0),
+        "{} answered during the outage never reached the index",
+        all_in_database(&d, &answered)
+    );
+
+    // kill -9 in the middle of a burst: whatever was answered 200 is in the files, and the
+    // restarted instance brings it into PostgreSQL.
+    let stop = AtomicBool::new(false);
+    let burst: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            let (stop, burst) = (&stop, &burst);
+            let (url, key) = (d.instances[0].url("/up/echo"), d.key.clone());
+            scope.spawn(move || {
+                let c = harness::client();
+                while !stop.load(Ordering::SeqCst) {
+                    let rid = uuid_like();
+                    let sent = c.get(&url).header("x-api-key", &key).header("x-request-id", &rid).send();
+                    match sent {
+                        Ok(r) if r.status() == 200 => burst.lock().unwrap_or_else(|e| e.into_inner()).push(rid),
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+            });
+        }
+        assert!(eventually(PATIENCE, || burst.lock().unwrap_or_else(|e| e.into_inner()).len() >= 50));
+        d.instances[0].kill9();
+        stop.store(true, Ordering::SeqCst);
+    });
+    answered.extend(burst.into_inner().unwrap_or_else(|e| e.into_inner()));
+    d.instances[0].spawn();
+    assert!(
+        eventually(PATIENCE, || all_in_database(&d, &answered) == 0),
+        "{} of {} acknowledged events missing from PostgreSQL after the restart",
+        all_in_database(&d, &answered),
+        answered.len()
+    );
+    let (ok, report) = d.stop_and_verify();
+    assert!(ok, "{report}");
+}
+
 // ============================================================================================
 
 /// A change made on one instance reaches the others' caches through the change feed within the
