@@ -344,14 +344,14 @@ fn strip_request_headers(h: &mut HeaderMap) {
     ] {
         h.remove(name);
     }
-    h.remove("keep-alive");
+    h.remove(&KEEP_ALIVE);
     // `Proxy-*` headers are meant for the proxy (us), including the legacy `Proxy-Connection`.
     let proxy_headers: Vec<HeaderName> = h.keys().filter(|k| k.as_str().starts_with("proxy-")).cloned().collect();
     for name in proxy_headers {
         h.remove(name);
     }
-    h.remove("x-api-key");
-    h.remove("x-tenant-id");
+    h.remove(&X_API_KEY);
+    h.remove(&X_TENANT_ID);
     // Identity headers are ours to set: a caller must not be able to forge them.
     let forged: Vec<HeaderName> = h.keys().filter(|k| k.as_str().starts_with("x-portcullis-")).cloned().collect();
     for name in forged {
@@ -364,13 +364,25 @@ fn strip_response_headers(h: &mut HeaderMap) {
     for name in [header::CONNECTION, header::TRAILER, header::TRANSFER_ENCODING, header::UPGRADE] {
         h.remove(name);
     }
-    h.remove("keep-alive");
+    h.remove(&KEEP_ALIVE);
 }
 
+// Names built once: inserting by `&str` parses and validates the name on every request.
+static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+static X_PORTCULLIS_TENANT: HeaderName = HeaderName::from_static("x-portcullis-tenant");
+static X_PORTCULLIS_PRINCIPAL: HeaderName = HeaderName::from_static("x-portcullis-principal");
+static X_PORTCULLIS_ROLE: HeaderName = HeaderName::from_static("x-portcullis-role");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+static X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
 pub fn rate_headers(h: &mut HeaderMap, r: &RateInfo) {
-    h.insert("x-ratelimit-limit", HeaderValue::from(r.limit));
-    h.insert("x-ratelimit-remaining", HeaderValue::from(r.remaining));
-    h.insert("x-ratelimit-reset", HeaderValue::from(r.reset_secs));
+    h.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(r.limit));
+    h.insert(X_RATELIMIT_REMAINING.clone(), HeaderValue::from(r.remaining));
+    h.insert(X_RATELIMIT_RESET.clone(), HeaderValue::from(r.reset_secs));
 }
 
 /// The upstream's body, holding the tenant's concurrency slot until it ends, fails, is dropped
@@ -485,7 +497,7 @@ async fn forward(
     tenant: &TenantCell,
     conn: Option<&ConnUpstreams>,
 ) -> Result<Response, ApiError> {
-    let x_tenant = parts.headers.get("x-tenant-id").map(|v| v.to_str().unwrap_or("(not valid text)").to_owned());
+    let x_tenant = parts.headers.get(&X_TENANT_ID).map(|v| v.to_str().unwrap_or("(not valid text)").to_owned());
     let grant = app.guard.check(credential_from(&parts), x_tenant.as_deref(), Permission::Execute, meta).await?;
     if let Some(t) = grant.principal.tenant_id.as_ref() {
         let _ = tenant.0.set(t.to_string());
@@ -526,25 +538,25 @@ async fn forward(
     strip_request_headers(&mut parts.headers);
     parts.headers.insert(header::HOST, route.host.clone());
     let h = &mut parts.headers;
-    let set = |h: &mut HeaderMap, k: &'static str, v: &str| {
+    let set = |h: &mut HeaderMap, k: &HeaderName, v: &str| {
         if let Ok(v) = HeaderValue::from_str(v) {
-            h.insert(k, v);
+            h.insert(k.clone(), v);
         }
     };
-    set(h, "x-request-id", &meta.request_id);
+    set(h, &crate::middleware::X_REQUEST_ID, &meta.request_id);
     if let Some(t) = &grant.principal.tenant_id {
-        set(h, "x-portcullis-tenant", t.as_str());
+        set(h, &X_PORTCULLIS_TENANT, t.as_str());
     }
-    set(h, "x-portcullis-principal", &grant.principal.id);
+    set(h, &X_PORTCULLIS_PRINCIPAL, &grant.principal.id);
     if let Some(r) = grant.principal.role {
-        set(h, "x-portcullis-role", r.as_str());
+        h.insert(X_PORTCULLIS_ROLE.clone(), HeaderValue::from_static(r.as_str()));
     }
     if let Some(ip) = &meta.ip {
         let xff = match crate::middleware::forwarded_for(h) {
             Some(prev) => format!("{prev}, {ip}"),
             None => ip.clone(),
         };
-        set(h, "x-forwarded-for", &xff);
+        set(h, &X_FORWARDED_FOR, &xff);
     }
     if let Some(t) = &grant.principal.tenant_id
         && let Some(cred) = app.guard.upstream_credential(t, &route.cfg.prefix).await?

@@ -113,9 +113,10 @@ CREATE TABLE upstream_credentials (
     ),
 ];
 
-const AUDIT_MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+const AUDIT_MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE audit_events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     writer_id TEXT NOT NULL,
@@ -153,7 +154,42 @@ CREATE TABLE audit_checkpoints (
     PRIMARY KEY (writer_id, seq)
 );
 "#,
-)];
+    ),
+    (
+        2,
+        // Row ids without AUTOINCREMENT: its `sqlite_sequence` update was one more b-tree write
+        // for every event indexed. Ids stay increasing (the newest row is never deleted), which
+        // is all the `before` cursor of `GET /v1/audit` relies on.
+        r#"
+CREATE TABLE audit_events_v2 (
+    id INTEGER PRIMARY KEY,
+    writer_id TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    ts_ms BIGINT NOT NULL,
+    timestamp TEXT NOT NULL,
+    tenant_id TEXT NULL,
+    user_id TEXT NULL,
+    action TEXT NOT NULL,
+    resource_type TEXT NULL,
+    resource_id TEXT NULL,
+    result TEXT NOT NULL,
+    reason TEXT NULL,
+    metadata TEXT NOT NULL,
+    ip_address TEXT NULL,
+    user_agent TEXT NULL,
+    request_id TEXT NULL,
+    UNIQUE (writer_id, seq)
+);
+INSERT INTO audit_events_v2 SELECT id, writer_id, seq, prev_hash, hash, ts_ms, timestamp, tenant_id, user_id, action,
+    resource_type, resource_id, result, reason, metadata, ip_address, user_agent, request_id FROM audit_events;
+DROP TABLE audit_events;
+ALTER TABLE audit_events_v2 RENAME TO audit_events;
+CREATE INDEX audit_tenant_time ON audit_events(tenant_id, ts_ms);
+"#,
+    ),
+];
 
 async fn open_pool(path: &Path, full_sync: bool, max: u32) -> Result<SqlitePool> {
     let opts = SqliteConnectOptions::new()
