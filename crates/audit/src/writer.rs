@@ -507,46 +507,63 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Records imported per transaction while catching up (bounded statements and transactions,
+/// progress kept between them).
+const RECOVER_CHUNK: usize = 5_000;
+
 /// A process killed between the file write and the database commit leaves records in the file
-/// that the database lacks. They are real, chained records: bring them into the database so the
-/// chain continues from the true head instead of forking.
+/// that the database lacks, and so does a database outage under `Acknowledge::FileWrite`. They are
+/// real, chained records: bring them into the database so the chain continues from the true head
+/// instead of forking.
+///
+/// Memory holds one daily file's records at a time, and the database takes them in chunks of
+/// [`RECOVER_CHUNK`], each its own transaction: after a long outage a failure part-way keeps what
+/// was imported, and the next attempt starts from the new head.
 async fn recover(store: &dyn AuditStore, sink: &JsonlSink, writer_id: &str) -> Result<(), String> {
     let head = store.head(writer_id).await.map_err(|e| format!("audit database: {e}"))?;
     let (head_seq, head_hash) = head.map(|h| (h.seq, h.hash)).unwrap_or((0, String::from(GENESIS_HASH)));
     let files = audit_files(sink.dir()).map_err(|e| format!("audit directory {}: {e}", sink.dir().display()))?;
-    let mut ahead: Vec<AuditRecord> = Vec::new();
-    for path in files.iter().rev() {
+    let chain_records = |text: &str| -> Vec<AuditRecord> {
+        text.lines()
+            .filter_map(|line| serde_json::from_str::<AuditRecord>(line).ok())
+            .filter(|r| r.writer_id == writer_id)
+            .collect()
+    };
+    // The newest file that holds the database head (or the oldest file): the catch-up starts there.
+    let mut first = 0;
+    for (i, path) in files.iter().enumerate().rev() {
         let Ok(text) = std::fs::read_to_string(path) else { continue };
-        let mut reached_head = false;
-        for line in text.lines() {
-            let Ok(r) = serde_json::from_str::<AuditRecord>(line) else { continue };
-            if r.writer_id != writer_id {
-                continue;
-            }
-            if r.seq > head_seq {
-                ahead.push(r);
-            } else {
-                reached_head = true;
-            }
-        }
-        if reached_head {
+        if chain_records(&text).iter().any(|r| r.seq <= head_seq) {
+            first = i;
             break;
         }
     }
-    if ahead.is_empty() {
-        return Ok(());
-    }
-    ahead.sort_by_key(|r| r.seq);
-    let mut prev = head_hash;
-    for (expected, r) in (head_seq + 1..).zip(ahead.iter()) {
-        if r.seq != expected || r.prev_hash != prev || r.compute_hash() != r.hash {
-            return Err(format!(
-                "audit file has records of writer `{writer_id}` past the database head (seq {head_seq}) that do not chain; run `portcullis audit verify`"
-            ));
+    let (mut expected, mut prev, mut imported) = (head_seq + 1, head_hash, 0usize);
+    for path in files.iter().skip(first) {
+        let Ok(text) = std::fs::read_to_string(path) else { continue };
+        let mut ahead: Vec<AuditRecord> = chain_records(&text).into_iter().filter(|r| r.seq > head_seq).collect();
+        ahead.sort_by_key(|r| r.seq);
+        for r in &ahead {
+            if r.seq != expected || r.prev_hash != prev || r.compute_hash() != r.hash {
+                return Err(format!(
+                    "audit file has records of writer `{writer_id}` past the database head (seq {}) that do not chain; run `portcullis audit verify`",
+                    expected - 1
+                ));
+            }
+            prev.clone_from(&r.hash);
+            expected += 1;
         }
-        prev.clone_from(&r.hash);
+        for chunk in ahead.chunks(RECOVER_CHUNK) {
+            store.import(chunk).await.map_err(|e| format!("audit recovery: {e}"))?;
+            imported += chunk.len();
+        }
     }
-    store.import(&ahead).await.map_err(|e| format!("audit recovery: {e}"))?;
-    tracing::warn!(writer_id, records = ahead.len(), "recovered audit records written to file before a crash");
+    if imported > 0 {
+        tracing::warn!(
+            writer_id,
+            records = imported,
+            "recovered audit records written to file before a crash or a database outage"
+        );
+    }
     Ok(())
 }

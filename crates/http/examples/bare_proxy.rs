@@ -38,10 +38,16 @@ fn main() -> Result<(), BoxError> {
         let listener = TcpListener::bind(listen).await?;
         let mut next = 0;
         loop {
-            let (stream, _) = listener.accept().await?;
-            stream.set_nodelay(true)?;
+            // One connection's failure is that connection's, never the benchmark's.
+            let stream = match listener.accept().await.and_then(|(s, _)| s.set_nodelay(true).and(s.into_std())) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("bare_proxy: connection not taken: {e}");
+                    continue;
+                }
+            };
             next = (next + 1) % edges.len();
-            edges[next].send(stream.into_std()?).map_err(|_| "edge thread gone")?;
+            edges[next].send(stream).map_err(|_| "edge thread gone")?;
         }
     })
 }

@@ -156,8 +156,8 @@ impl SharedLimiter {
             since: Mutex::new(None),
         });
         metrics::gauge!("portcullis_limiter_degraded").set(0.0);
-        // The first connection is made here, on the caller's runtime, so the connection's driver
-        // task lives there and not on whichever request thread happens to connect first.
+        // Asked once here, on the caller's thread and its own connection (each deciding thread
+        // makes its own on first use, see `RedisLimiter`).
         if let Err(e) = inner.redis.ping().await {
             inner.degrade("probe", &e);
         }

@@ -357,15 +357,13 @@ async fn tenant_tx<'a>(pool: &'a PgPool, tenant: &str) -> Result<Transaction<'a,
 
 /// Opens a transaction on the system path. Only the methods listed in the module header call
 /// this; a tenant-scoped method never does (it has a tenant, so it uses [`tenant_tx`]).
-///
-/// `BEGIN` and [`BEGIN_SYSTEM`] go in one round trip (one simple-query message; the audit writer
-/// opens one of these per batch, and on a busy machine every round trip is a wait). The path name
-/// is written into the text rather than bound: it is one of [`SystemPath`]'s fixed names, never
-/// input. A failing `set_config` leaves the transaction aborted, which sqlx reports as a failed
-/// begin.
 async fn system_tx(pool: &PgPool, why: SystemPath) -> Result<Transaction<'_, Postgres>> {
-    let begin = format!("BEGIN; {}", BEGIN_SYSTEM.replace("$1", &format!("'{}'", why.as_str())));
-    Ok(pool.begin_with(begin).await?)
+    // Two round trips, not `BEGIN; SELECT set_config(…)` in one: if that `SELECT` failed, sqlx
+    // would hand the connection back to the pool inside the aborted transaction (its transaction
+    // depth is still 0, so nothing rolls it back), and every later borrower would fail on it.
+    let mut tx = pool.begin().await?;
+    sqlx::query(BEGIN_SYSTEM).bind(why.as_str()).execute(&mut *tx).await?;
+    Ok(tx)
 }
 
 /// Problems setting up or checking the PostgreSQL store. Messages name the fix; none contains
