@@ -381,7 +381,22 @@ impl RedisLimiter {
 
     /// Whether Redis answers (and what its clock says); bounded by the timeout.
     pub async fn ping(&self) -> Result<(), Unavailable> {
-        let mut conn = self.conn()?;
+        self.ping_on(self.conn()?).await
+    }
+
+    /// Whether Redis answers on every thread's connection, not only this one's. After an outage
+    /// a thread that made no decision since still holds its failed reconnect and would answer its
+    /// next decision with that stale error: recovery waits until each connection has answered.
+    pub async fn ping_all(&self) -> Result<(), Unavailable> {
+        self.ping().await?;
+        let others: Vec<ConnectionManager> = self.conns.iter().cloned().collect();
+        for conn in others {
+            self.ping_on(conn).await?;
+        }
+        Ok(())
+    }
+
+    async fn ping_on(&self, mut conn: ConnectionManager) -> Result<(), Unavailable> {
         let sent = wall_ms();
         let reply: Vec<String> = tokio::time::timeout(self.timeout, ::redis::cmd("TIME").query_async(&mut conn))
             .await
@@ -430,7 +445,12 @@ impl RedisLimiter {
             // degrading the whole instance for one stale connection. Should the first attempt
             // have run after all, the retry holds the same lease (a set member, added once) and
             // at most uses one more cell of rate: never over-admission.
-            Ok(Err(e)) if e.is_connection_dropped() || e.is_io_error() => {
+            Ok(Err(e))
+                if e.is_connection_dropped()
+                    || e.is_io_error()
+                    || e.is_connection_refusal()
+                    || e.is_unrecoverable_error() =>
+            {
                 let left = self.timeout.saturating_sub(started.elapsed());
                 tokio::time::timeout(left, inv.invoke_async(&mut conn))
                     .await

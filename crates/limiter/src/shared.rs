@@ -177,7 +177,7 @@ async fn probe(inner: Weak<Inner>) {
         let Some(i) = inner.upgrade() else { return };
         let interval = i.probe_interval;
         if i.degraded.load(Ordering::Acquire) {
-            match i.redis.ping().await {
+            match i.redis.ping_all().await {
                 Ok(()) => i.recover(),
                 Err(e) => i.degrade("probe", &e),
             }

@@ -634,6 +634,28 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A free loopback port for a server a test stops and starts again on the same port (PostgreSQL,
+/// Redis): taken below the kernel's ephemeral range, so that while the server is down no
+/// outgoing connection or port-0 listener of the busy test run can be handed its port.
+pub fn restartable_port() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next().and_then(|v| v.parse::<u16>().ok()))
+        .unwrap_or(32_768);
+    let (from, to) = (low.saturating_sub(12_000).max(1_024), low.saturating_sub(1).max(1_025));
+    // Spread over the range by process, time and call, so that two servers of this run (or of
+    // two runs) are unlikely to be handed one port before either has bound it.
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::UNIX_EPOCH.elapsed().map(|d| d.subsec_nanos()).unwrap_or(0);
+    let seed = std::process::id().wrapping_mul(2_654_435_761) ^ nanos ^ call.wrapping_mul(104_729);
+    let span = u32::from(to - from);
+    (0..span)
+        .map(|i| from + (seed.wrapping_add(i.wrapping_mul(7_919)) % span) as u16)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .unwrap_or_else(free_port)
+}
+
 /// A throwaway `redis-server` of a test's own, on a free loopback port in a temp dir, that the
 /// test may stop, hang (SIGSTOP), wake (SIGCONT) and start again on the same port — never the
 /// machine's shared server.
@@ -649,7 +671,7 @@ impl RedisServer {
     pub fn start(password: Option<&str>) -> RedisServer {
         let mut r = RedisServer {
             child: None,
-            port: free_port(),
+            port: restartable_port(),
             dir: tempfile::Builder::new().prefix("portcullis-redis-").tempdir().unwrap(),
             password: password.map(str::to_owned),
         };
@@ -773,7 +795,7 @@ impl PgCluster {
             let ok = Command::new("chown").arg("postgres").arg(dir.path()).status().unwrap().success();
             assert!(ok, "chown postgres {}", dir.path().display());
         }
-        let c = PgCluster { bin, dir, port: free_port(), run_as_postgres };
+        let c = PgCluster { bin, dir, port: restartable_port(), run_as_postgres };
         let out = c
             .command("initdb")
             .arg("-D")
