@@ -264,7 +264,15 @@ pub struct Server {
 }
 
 pub fn client() -> Client {
-    Client::builder().no_proxy().timeout(Duration::from_secs(60)).build().unwrap()
+    // The server closes a keep-alive connection that sends no next request within its header-read
+    // timeout (10 s). A client reusing one at that very moment gets a reset (seen under a loaded
+    // CI): never reuse one idle for half that.
+    Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .pool_idle_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
 }
 
 impl Server {
