@@ -38,6 +38,16 @@ const NO_HANG: Duration = Duration::from_secs(20);
 /// old 5 s acquire wait or a hung server.
 const TYPICAL: Duration = Duration::from_secs(2);
 
+/// Ends a test's load threads when the scope's body returns or fails (a failed assertion must not
+/// leave the scope waiting for the clients for ever).
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v.get(v.len() / 2).copied().unwrap_or_default()
@@ -464,14 +474,6 @@ fn postgres_stopped_and_back_gives_fast_503s_recovers_and_loses_no_acknowledged_
     d.set_limits(json!({"rate_per_minute": 1_000_000}));
     let stop = AtomicBool::new(false);
     let seen: Mutex<Vec<Answer>> = Mutex::new(Vec::new());
-    /// Ends the load when the test body returns or fails (a failed assertion must not leave the
-    /// scope waiting for the clients for ever).
-    struct StopOnDrop<'a>(&'a AtomicBool);
-    impl Drop for StopOnDrop<'_> {
-        fn drop(&mut self) {
-            self.0.store(true, Ordering::SeqCst);
-        }
-    }
     std::thread::scope(|scope| {
         let _stop_load = StopOnDrop(&stop);
         for c in 0..4 {
@@ -588,14 +590,6 @@ fn file_acknowledged_instances_serve_through_a_postgres_outage_and_lose_no_event
     cluster.stop_immediate();
     let stop = AtomicBool::new(false);
     let burst: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    /// Ends the load when the scope's body returns or fails (a failed assertion must not leave
-    /// the scope waiting for the clients for ever).
-    struct StopOnDrop<'a>(&'a AtomicBool);
-    impl Drop for StopOnDrop<'_> {
-        fn drop(&mut self) {
-            self.0.store(true, Ordering::SeqCst);
-        }
-    }
     std::thread::scope(|scope| {
         let _stop_load = StopOnDrop(&stop);
         for _ in 0..4 {
