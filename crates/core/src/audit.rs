@@ -118,24 +118,7 @@ struct Canonical<'a> {
 impl AuditRecord {
     /// Chains `event` after `(seq - 1, prev_hash)`.
     pub fn chain(writer_id: &str, seq: u64, prev_hash: &str, event: AuditEvent) -> AuditRecord {
-        let mut r = AuditRecord {
-            writer_id: writer_id.to_owned(),
-            seq,
-            prev_hash: prev_hash.to_owned(),
-            timestamp: crate::timefmt::rfc3339_ms(event.timestamp_ms),
-            tenant_id: event.tenant_id,
-            user_id: event.user_id,
-            action: event.action,
-            resource_type: event.resource_type,
-            resource_id: event.resource_id,
-            result: event.result,
-            reason: event.reason,
-            metadata: event.metadata,
-            ip_address: event.ip_address,
-            user_agent: event.user_agent,
-            request_id: event.request_id,
-            hash: String::new(),
-        };
+        let mut r = AuditRecord::chain_unhashed(writer_id, seq, prev_hash, event);
         r.hash = r.compute_hash();
         r
     }

@@ -512,6 +512,18 @@ struct Release {
     tenant: String,
 }
 
+/// A background call (renewal, release) bounded by the timeout, its failure as [`Unavailable`].
+async fn bounded<T>(
+    timeout: Duration,
+    call: impl std::future::Future<Output = ::redis::RedisResult<T>>,
+) -> Result<T, Unavailable> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Unavailable::Error(e.to_string())),
+        Err(_) => Err(Unavailable::Timeout),
+    }
+}
+
 fn count_error(op: &'static str, e: &Unavailable) {
     metrics::counter!("portcullis_limiter_redis_errors_total", "op" => op, "kind" => e.label()).increment(1);
 }
@@ -528,12 +540,7 @@ impl Lease {
                 tokio::time::sleep(every).await;
                 let mut inv = renew.key(&key);
                 inv.arg(&lease_id).arg(ms);
-                let failed = match tokio::time::timeout(timeout, inv.invoke_async::<i64>(&mut conn)).await {
-                    Ok(Ok(_)) => None,
-                    Ok(Err(e)) => Some(Unavailable::Error(e.to_string())),
-                    Err(_) => Some(Unavailable::Timeout),
-                };
-                if let Some(e) = failed {
+                if let Err(e) = bounded(timeout, inv.invoke_async::<i64>(&mut conn)).await {
                     count_error("renew", &e);
                     tracing::warn!(error = %e, "concurrency lease not renewed; it expires on its own unless a later renewal reaches redis");
                 }
@@ -565,12 +572,7 @@ impl Drop for Lease {
             rt.spawn(async move {
                 let mut cmd = ::redis::cmd("ZREM");
                 cmd.arg(&r.key).arg(&r.id);
-                let failed = match tokio::time::timeout(r.timeout, cmd.query_async::<i64>(&mut r.conn)).await {
-                    Ok(Ok(_)) => None,
-                    Ok(Err(e)) => Some(Unavailable::Error(e.to_string())),
-                    Err(_) => Some(Unavailable::Timeout),
-                };
-                if let Some(e) = failed {
+                if let Err(e) = bounded(r.timeout, cmd.query_async::<i64>(&mut r.conn)).await {
                     count_error("release", &e);
                     tracing::warn!(error = %e, "concurrency lease not released; it expires on its own");
                 }
