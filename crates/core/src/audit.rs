@@ -54,6 +54,17 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
+    /// Adds `key` to the metadata object (making it one if it is not).
+    pub fn with_meta(&mut self, key: &str, value: serde_json::Value) -> &mut Self {
+        if !self.metadata.is_object() {
+            self.metadata = serde_json::Value::Object(serde_json::Map::new());
+        }
+        if let serde_json::Value::Object(m) = &mut self.metadata {
+            m.insert(key.to_owned(), value);
+        }
+        self
+    }
+
     pub fn new(timestamp_ms: i64, action: impl Into<String>, result: AuditResult) -> Self {
         Self {
             timestamp_ms,

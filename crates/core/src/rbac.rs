@@ -68,10 +68,14 @@ pub enum Permission {
     /// Tenant configuration (IP rules, limits as seen by the tenant): the seed's Config row.
     ConfigRead,
     ConfigWrite,
+    /// The tenant's Cedar policies: read, evaluate, simulate.
+    PoliciesRead,
+    /// Create, update and delete the tenant's Cedar policies.
+    PoliciesWrite,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 11] = [
+    pub const ALL: [Permission; 13] = [
         Permission::TenantsManage,
         Permission::TenantRead,
         Permission::UsersRead,
@@ -83,6 +87,8 @@ impl Permission {
         Permission::Session,
         Permission::ConfigRead,
         Permission::ConfigWrite,
+        Permission::PoliciesRead,
+        Permission::PoliciesWrite,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -98,6 +104,8 @@ impl Permission {
             Permission::Session => "session",
             Permission::ConfigRead => "config.read",
             Permission::ConfigWrite => "config.write",
+            Permission::PoliciesRead => "policies.read",
+            Permission::PoliciesWrite => "policies.write",
         }
     }
 
@@ -116,6 +124,8 @@ impl Permission {
             Permission::Session => &[Admin, Editor, Viewer, Service],
             Permission::ConfigRead => &[Admin, Editor, Viewer],
             Permission::ConfigWrite => &[Admin],
+            Permission::PoliciesRead => &[Admin, Editor, Viewer],
+            Permission::PoliciesWrite => &[Admin],
         }
     }
 
@@ -137,6 +147,7 @@ mod tests {
                     | Permission::KeysRead
                     | Permission::AuditRead
                     | Permission::ConfigRead
+                    | Permission::PoliciesRead
             );
             let own = p == Permission::Session;
             assert_eq!(p.granted_to(Role::Viewer), is_read || own, "{p:?}");

@@ -64,6 +64,7 @@ fn env(fsync: bool) -> Env {
                 cache_refresh: Duration::from_secs(1),
                 login: LoginPolicy::default(),
                 jwt: None,
+                policy: Arc::new(portcullis_guard::PolicyEngine::new([]).unwrap()),
             },
             store,
             audit.clone(),

@@ -18,6 +18,9 @@ pub enum AdminError {
     Invalid(String),
     #[error("{0}")]
     Conflict(String),
+    /// A Cedar policy that does not parse or validate, with every problem and its position.
+    #[error("{0}")]
+    InvalidPolicy(String, Vec<portcullis_policy::Problem>),
     #[error(transparent)]
     Guard(#[from] GuardError),
 }

@@ -48,6 +48,8 @@ pub struct Caches {
     pub ip_rules: DashMap<TenantId, Arc<IpPolicy>>,
     /// (tenant + route) → the opened credential, or `None` when the tenant has none there.
     pub upstream: DashMap<String, Option<Arc<(String, String)>>>,
+    /// The tenant's compiled Cedar policy set (built-in + its enabled documents).
+    pub policies: DashMap<TenantId, Arc<portcullis_policy::TenantPolicies>>,
 }
 
 impl Caches {
@@ -77,6 +79,11 @@ impl Caches {
     pub fn remove_ip_rules(&self, id: &TenantId) {
         self.bump();
         self.ip_rules.remove(id);
+    }
+
+    pub fn remove_policies(&self, id: &TenantId) {
+        self.bump();
+        self.policies.remove(id);
     }
 
     pub fn remove_upstream(&self, key: &str) {
@@ -133,6 +140,11 @@ impl Caches {
             ChangeKind::IpRules => {
                 if let Ok(id) = TenantId::parse(&change.entity_id) {
                     self.remove_ip_rules(&id);
+                }
+            }
+            ChangeKind::Policies => {
+                if let Ok(id) = TenantId::parse(&change.entity_id) {
+                    self.remove_policies(&id);
                 }
             }
             ChangeKind::User => {

@@ -13,10 +13,12 @@ mod cache;
 pub mod jwt;
 mod login;
 pub mod password;
+pub mod policies;
 pub mod sealed;
 
 pub use jwt::{JwtConfig, JwtKeyConfig};
 pub use login::{LoginOk, LoginPolicy};
+pub use portcullis_policy::{ContextInput, Decision, Engine as PolicyEngine};
 
 use portcullis_audit::{AuditLog, AuditUnavailable};
 use portcullis_core::audit::{AuditEvent, AuditResult};
@@ -143,6 +145,8 @@ pub struct GuardConfig {
     pub cache_refresh: Duration,
     pub login: LoginPolicy,
     pub jwt: Option<JwtConfig>,
+    /// The Cedar schema and built-in policies (with the configured route actions declared).
+    pub policy: Arc<portcullis_policy::Engine>,
 }
 
 /// Limit defaults that are configuration, not per tenant.
@@ -181,6 +185,7 @@ pub struct Guard {
     login: login::Throttle,
     jwt: Option<jwt::JwtVerifier>,
     change_seq: AtomicI64,
+    policy: Arc<portcullis_policy::Engine>,
 }
 
 pub fn sha256_hex(s: &str) -> String {
@@ -214,6 +219,7 @@ impl Guard {
             login: login::Throttle::new(cfg.login),
             jwt,
             change_seq: AtomicI64::new(seq),
+            policy: cfg.policy,
         }))
     }
 
@@ -253,6 +259,9 @@ impl Guard {
             .or_else(|| grant.principal.tenant_id.as_ref().map(ToString::to_string));
         if let serde_json::Value::Object(m) = &mut e.metadata {
             m.insert(String::from("auth"), serde_json::json!(grant.principal.kind));
+            if let Some(r) = grant.principal.role {
+                m.insert(String::from("role"), serde_json::Value::from(r.as_str()));
+            }
             if grant.scope.as_ref().is_some_and(TenantScope::via_operator) {
                 m.insert(String::from("operator_cross_tenant"), serde_json::Value::Bool(true));
             }
@@ -334,10 +343,35 @@ impl Guard {
                 return Err(GuardError::Forbidden("the client address is not allowed for this tenant"));
             }
         }
-        let role = principal.role.ok_or(GuardError::Forbidden("principal without role"))?;
-        if !permission.granted_to(role) {
-            self.record(denied("role_lacks_permission", "authz.denied")).await?;
-            return Err(GuardError::Forbidden("the caller's role does not grant this action"));
+        if principal.role.is_none() {
+            return Err(GuardError::Forbidden("principal without role"));
+        }
+        // Data-plane permission is decided per action by the caller (route, decision request),
+        // with the tenant's policies; every other permission is an action of its own here.
+        if permission != Permission::Execute {
+            let ctx = || ContextInput {
+                ip: meta.ip.as_deref().and_then(|i| i.parse().ok()),
+                ..ContextInput::at(self.now_ms())
+            };
+            let d = self.decide(&principal, permission.as_str(), None, ctx).await?;
+            if !d.allowed {
+                let mut e = denied(
+                    if d.policies.is_empty() { "role_lacks_permission" } else { "policy_denied" },
+                    "authz.denied",
+                );
+                if let serde_json::Value::Object(m) = &mut e.metadata {
+                    m.insert(String::from("policies"), serde_json::json!(d.reasons()));
+                    if !d.errors.is_empty() {
+                        m.insert(String::from("policy_errors"), serde_json::json!(d.errors));
+                    }
+                }
+                self.record(e).await?;
+                return Err(GuardError::Forbidden(if d.policies.is_empty() {
+                    "the caller's role does not grant this action"
+                } else {
+                    "a tenant policy denies this action"
+                }));
+            }
         }
         // Data-plane permissions are checked against the action by the caller (route, decision);
         // the own-session permission is never scoped away.
@@ -579,6 +613,66 @@ impl Guard {
             session_id: None,
             scopes: Vec::new(),
         }))
+    }
+
+    pub fn policy_engine(&self) -> &Arc<portcullis_policy::Engine> {
+        &self.policy
+    }
+
+    /// RBAC + the tenant's Cedar policies for `action` by `principal`. `context` is only built
+    /// when the tenant has policies of its own (the built-in answers need none).
+    pub async fn decide(
+        &self,
+        principal: &Principal,
+        action: &str,
+        resource: Option<(&str, &str)>,
+        context: impl FnOnce() -> ContextInput,
+    ) -> Result<Decision, StoreError> {
+        let tenant = match &principal.tenant_id {
+            Some(t) if !principal.is_operator() => Some(self.tenant_policies(t).await?),
+            _ => None,
+        };
+        let empty = ContextInput::default();
+        let owned;
+        let ctx = match tenant.as_deref() {
+            Some(t) if !t.is_empty() => {
+                owned = context();
+                &owned
+            }
+            _ => &empty,
+        };
+        let req = portcullis_policy::DecisionRequest { principal, action, resource, context: ctx };
+        let d = self.policy.decide(tenant.as_deref(), &req);
+        if !d.errors.is_empty() {
+            metrics::counter!("portcullis_policy_errors_total").increment(1);
+            tracing::warn!(principal = %principal.id, action, errors = ?d.errors, "policy evaluation failed; denied");
+        }
+        Ok(d)
+    }
+
+    /// The tenant's compiled policy set, from cache.
+    pub async fn tenant_policies(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Arc<portcullis_policy::TenantPolicies>, StoreError> {
+        if let Some(p) = self.cache.policies.get(tenant) {
+            return Ok(p.clone());
+        }
+        let generation = self.cache.generation();
+        let scope = TenantScope::authorized(tenant.clone(), false);
+        let docs = self.store.list_policies(&scope).await?;
+        let compiled = Arc::new(self.policy.compile(
+            docs.iter().filter(|d| d.enabled).map(|d| portcullis_policy::Document { id: &d.id, cedar: &d.cedar }),
+        ));
+        self.cache.policies.insert(tenant.clone(), compiled.clone());
+        if self.cache.stale_since(generation) {
+            self.cache.policies.remove(tenant);
+        }
+        Ok(compiled)
+    }
+
+    pub fn invalidate_policies(&self, tenant: &TenantId) {
+        self.cache.remove_policies(tenant);
     }
 
     /// The limits that apply to a tenant now (tier defaults + overrides), from cache.

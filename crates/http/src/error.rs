@@ -13,12 +13,17 @@ pub struct Problem {
     pub title: &'static str,
     pub detail: String,
     pub retry_after_secs: Option<u64>,
+    /// Extension members (RFC 9457 §3.2), e.g. `errors` of a policy that does not validate.
+    pub extensions: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
+    /// 400 with extension members (e.g. `errors` with positions).
+    #[error("{0}")]
+    Invalid(String, serde_json::Map<String, serde_json::Value>),
     #[error("{0}")]
     Unauthenticated(String),
     #[error("{0}")]
@@ -47,6 +52,7 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
+            ApiError::Invalid(..) => (StatusCode::BAD_REQUEST, "invalid", "Invalid input"),
             ApiError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated", "Authentication required"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not-found", "Not found"),
@@ -145,21 +151,30 @@ impl IntoResponse for ApiError {
         {
             res.headers_mut().insert(header::RETRY_AFTER, v);
         }
-        res.extensions_mut().insert(Problem { kind, title, detail, retry_after_secs: retry });
+        let extensions = match self {
+            ApiError::Invalid(_, ext) => Some(ext),
+            _ => None,
+        };
+        res.extensions_mut().insert(Problem { kind, title, detail, retry_after_secs: retry, extensions });
         res
     }
 }
 
 /// Renders a problem document.
 pub fn problem_body(status: StatusCode, p: &Problem, request_id: &str) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
+    let mut doc = serde_json::json!({
         "type": format!("https://portcullis.dev/problems/{}", p.kind),
         "title": p.title,
         "status": status.as_u16(),
         "detail": p.detail,
         "request_id": request_id,
-    }))
-    .unwrap_or_default()
+    });
+    if let (Some(ext), serde_json::Value::Object(m)) = (&p.extensions, &mut doc) {
+        for (k, v) in ext {
+            m.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+    serde_json::to_vec(&doc).unwrap_or_default()
 }
 
 /// A problem for a status that reached the outer layer without one (405 from the router,
@@ -174,7 +189,7 @@ pub fn generic_problem(status: StatusCode) -> Problem {
         400..=499 => ("bad-request", "Bad request", "the request could not be processed"),
         _ => ("internal", "Internal error", "an internal error occurred"),
     };
-    Problem { kind, title, detail: detail.to_owned(), retry_after_secs: None }
+    Problem { kind, title, detail: detail.to_owned(), retry_after_secs: None, extensions: None }
 }
 
 /// The problem+json document, for the OpenAPI description.
@@ -194,6 +209,11 @@ impl From<portcullis_guard::admin::AdminError> for ApiError {
         match e {
             AdminError::Invalid(m) => ApiError::BadRequest(m),
             AdminError::Conflict(m) => ApiError::Conflict(m),
+            AdminError::InvalidPolicy(m, problems) => {
+                let mut ext = serde_json::Map::new();
+                ext.insert(String::from("errors"), serde_json::to_value(problems).unwrap_or_default());
+                ApiError::Invalid(m, ext)
+            }
             AdminError::Guard(g) => g.into(),
         }
     }

@@ -42,7 +42,9 @@ markers!(
     Execute,
     Session,
     ConfigRead,
-    ConfigWrite
+    ConfigWrite,
+    PoliciesRead,
+    PoliciesWrite
 );
 
 pub fn credential_from(parts: &Parts) -> Option<Credential> {

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use http_body::Frame;
 use portcullis_core::Permission;
 use portcullis_core::audit::AuditResult;
+use portcullis_guard::{ContextInput, Decision};
 use portcullis_limiter::{RateInfo, Slot};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
@@ -379,6 +380,22 @@ static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 static X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
+/// The audit reason of a policy denial: `policy:<ids>`, or `rbac:no_permit` when nothing permitted.
+pub fn policy_reason(d: &Decision) -> String {
+    if d.policies.is_empty() { String::from("rbac:no_permit") } else { format!("policy:{}", d.policies.join(",")) }
+}
+
+/// The 403 of a policy denial, naming the policies that decided it.
+pub fn policy_denied(d: &Decision) -> ApiError {
+    if d.policies.is_empty() {
+        ApiError::Forbidden(String::from("the caller's role does not grant this action"))
+    } else if !d.errors.is_empty() {
+        ApiError::Forbidden(format!("denied: policy {} failed to evaluate", d.policies.join(", ")))
+    } else {
+        ApiError::Forbidden(format!("denied by policy {}", d.policies.join(", ")))
+    }
+}
+
 pub fn rate_headers(h: &mut HeaderMap, r: &RateInfo) {
     h.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(r.limit));
     h.insert(X_RATELIMIT_REMAINING.clone(), HeaderValue::from(r.remaining));
@@ -510,6 +527,29 @@ async fn forward(
         app.guard.record(e).await?;
         return Err(ApiError::Forbidden(String::from("the key's scopes do not include this route's action")));
     }
+    let decision = app
+        .guard
+        .decide(&grant.principal, &route.cfg.action, Some(("route", &route.cfg.prefix)), || ContextInput {
+            ip: meta.ip.as_deref().and_then(|i| i.parse().ok()),
+            route: Some(route.cfg.prefix.clone()),
+            method: Some(parts.method.as_str().to_owned()),
+            path: Some(parts.uri.path().to_owned()),
+            ..ContextInput::at(app.guard.now_ms())
+        })
+        .await?;
+    if !decision.allowed {
+        let mut e = app.guard.event_for(&grant, meta, &route.cfg.action, AuditResult::Denied);
+        e.resource_type = Some(String::from("route"));
+        e.resource_id = Some(route.cfg.prefix.clone());
+        e.reason = Some(policy_reason(&decision));
+        if let serde_json::Value::Object(m) = &mut e.metadata {
+            m.insert(String::from("method"), serde_json::Value::from(parts.method.as_str()));
+            m.insert(String::from("path"), serde_json::Value::from(parts.uri.path()));
+            m.insert(String::from("policies"), serde_json::json!(decision.reasons()));
+        }
+        app.guard.record(e).await?;
+        return Err(policy_denied(&decision));
+    }
     let admission = match app.guard.admit(&grant.principal, &route.cfg.prefix, route.cfg.rate_per_minute, true).await? {
         Ok(a) => a,
         Err(rejection) => {
@@ -518,7 +558,10 @@ async fn forward(
             e.resource_type = Some(String::from("route"));
             e.resource_id = Some(route.cfg.prefix.clone());
             e.reason = Some(format!("limit:{}", rejection.kind.as_str()));
-            e.metadata = serde_json::json!({ "method": parts.method.as_str(), "path": parts.uri.path(), "retry_after_secs": rejection.retry_after_secs });
+            e.with_meta("method", serde_json::Value::from(parts.method.as_str()))
+                .with_meta("path", serde_json::Value::from(parts.uri.path()))
+                .with_meta("retry_after_secs", serde_json::Value::from(rejection.retry_after_secs))
+                .with_meta("policies", serde_json::json!(decision.policies));
             app.guard.record(e).await?;
             return Err(ApiError::Limited(rejection));
         }
@@ -529,6 +572,7 @@ async fn forward(
     if let serde_json::Value::Object(m) = &mut e.metadata {
         m.insert(String::from("method"), serde_json::Value::from(parts.method.as_str()));
         m.insert(String::from("path"), serde_json::Value::from(parts.uri.path()));
+        m.insert(String::from("policies"), serde_json::json!(decision.policies));
     }
     app.guard.record(e).await?;
 

@@ -143,11 +143,11 @@ fn actor() -> Principal {
     Principal::system_operator(format!("cli:{who}"))
 }
 
-fn grant(scope: Option<TenantScope>) -> Grant {
+pub(crate) fn grant(scope: Option<TenantScope>) -> Grant {
     Grant { principal: std::sync::Arc::new(actor()), scope, permission: Permission::TenantsManage }
 }
 
-fn meta() -> RequestMeta {
+pub(crate) fn meta() -> RequestMeta {
     RequestMeta {
         request_id: format!("cli-{}", uuid_text()),
         ip: None,
@@ -159,7 +159,7 @@ fn uuid_text() -> String {
     hex::encode(portcullis_guard::random_bytes::<8>().unwrap_or_default())
 }
 
-fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) -> anyhow::Result<()> {
+pub(crate) fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(value)?);
     } else {
@@ -168,7 +168,7 @@ fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) -> 
     Ok(())
 }
 
-async fn open(cfg: Config) -> anyhow::Result<Opened> {
+pub(crate) async fn open(cfg: Config) -> anyhow::Result<Opened> {
     // Several CLI commands may run at once: they read the chain head inside each transaction.
     let audit_dir = cfg.data_dir.join("audit");
     runtime::open(cfg, String::from(CLI_WRITER), false, audit_dir).await
@@ -176,12 +176,12 @@ async fn open(cfg: Config) -> anyhow::Result<Opened> {
 
 /// Runs a command on the opened store, then stops the audit writer cleanly (final signed
 /// checkpoint) whether the command succeeded or not.
-async fn finish(o: Opened, result: anyhow::Result<ExitCode>) -> anyhow::Result<ExitCode> {
+pub(crate) async fn finish(o: Opened, result: anyhow::Result<ExitCode>) -> anyhow::Result<ExitCode> {
     o.guard.audit_log().shutdown().await;
     result
 }
 
-fn tenant_id(raw: &str) -> anyhow::Result<TenantId> {
+pub(crate) fn tenant_id(raw: &str) -> anyhow::Result<TenantId> {
     TenantId::parse(raw).map_err(|e| anyhow!("{e}"))
 }
 

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod cli_policy;
 mod config;
 mod runtime;
 mod serve;
@@ -75,6 +76,9 @@ enum Command {
     /// The audit log: query, verify the hash chains and signed checkpoints.
     #[command(subcommand)]
     Audit(cli::AuditCmd),
+    /// Tenant Cedar policies: check a file, create, update, delete, list, versions, schema.
+    #[command(subcommand)]
+    Policy(cli_policy::PolicyCmd),
 }
 
 fn main() -> ExitCode {
@@ -101,6 +105,7 @@ fn main() -> ExitCode {
             Command::User(c) => cli::user(cfg, args.json, c).await,
             Command::Key(c) => cli::key(cfg, args.json, c).await,
             Command::Audit(c) => cli::audit(cfg, args.json, c).await,
+            Command::Policy(c) => cli_policy::policy(cfg, args.json, c).await,
         }
     });
     match result {

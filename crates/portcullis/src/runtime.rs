@@ -326,6 +326,10 @@ pub async fn open(cfg: Config, writer_id: String, exclusive: bool, audit_dir: Pa
                 max_backoff: Duration::from_secs(login.max_backoff_secs),
             },
             jwt: cfg.auth.jwt.clone().map(|j: JwtConfig| j),
+            policy: Arc::new(
+                portcullis_guard::PolicyEngine::new(cfg.routes.iter().map(|r| r.action.as_str()))
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+            ),
         },
         store,
         audit,

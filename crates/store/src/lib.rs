@@ -11,6 +11,8 @@
 //! path that the database's policies bound.
 #![forbid(unsafe_code)]
 
+#[cfg(test)]
+mod conformance;
 mod models;
 pub mod postgres;
 pub mod sqlite;
@@ -110,6 +112,24 @@ pub trait Store: Send + Sync + 'static {
     async fn get_upstream_credential(&self, scope: &TenantScope, route: &str) -> Result<Option<UpstreamCredential>>;
     async fn list_upstream_credentials(&self, scope: &TenantScope) -> Result<Vec<UpstreamCredential>>;
     async fn delete_upstream_credential(&self, scope: &TenantScope, route: &str, now_ms: i64) -> Result<bool>;
+
+    // Tenant Cedar policies, with their history. Every write records a `policies` change (entity
+    // id: the tenant) and appends a [`PolicyVersion`] in the same transaction.
+    /// Every policy of the tenant, enabled or not, ordered by name.
+    async fn list_policies(&self, scope: &TenantScope) -> Result<Vec<PolicyRecord>>;
+    async fn get_policy(&self, scope: &TenantScope, id: &str) -> Result<Option<PolicyRecord>>;
+    /// Inserts `p` (its `version` must be 1). [`StoreError::Conflict`] when the tenant already
+    /// has a policy of that name (or that id).
+    async fn create_policy(&self, scope: &TenantScope, p: &PolicyRecord) -> Result<()>;
+    /// Replaces name, description, cedar and enabled of the policy `p.id`, sets `version` to
+    /// `p.version`, when its stored version is `p.version - 1`. Returns false when there is no
+    /// such policy in scope or its version moved on (the caller re-reads to tell which).
+    /// [`StoreError::Conflict`] when the new name is taken by another policy.
+    async fn update_policy(&self, scope: &TenantScope, p: &PolicyRecord) -> Result<bool>;
+    /// Deletes the policy; its history stays, ending in a `delete` entry. False when not found.
+    async fn delete_policy(&self, scope: &TenantScope, id: &str, by: &str, now_ms: i64) -> Result<bool>;
+    /// The policy's history, oldest first (also after it was deleted); empty when unknown.
+    async fn policy_versions(&self, scope: &TenantScope, id: &str) -> Result<Vec<PolicyVersion>>;
 
     // Change feed: how caches in this and other processes learn of revocations.
     async fn changes_since(&self, seq: i64, limit: u32) -> Result<Vec<Change>>;

@@ -94,6 +94,8 @@ pub enum ChangeKind {
     IpRules,
     /// Entity id: tenant id (36 characters) followed by the route prefix.
     UpstreamCredential,
+    /// Entity id: the tenant whose policy set changed.
+    Policies,
 }
 
 impl ChangeKind {
@@ -106,6 +108,7 @@ impl ChangeKind {
             ChangeKind::Limits => "limits",
             ChangeKind::IpRules => "ip_rules",
             ChangeKind::UpstreamCredential => "upstream_credential",
+            ChangeKind::Policies => "policies",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -117,6 +120,7 @@ impl ChangeKind {
             "limits" => Some(ChangeKind::Limits),
             "ip_rules" => Some(ChangeKind::IpRules),
             "upstream_credential" => Some(ChangeKind::UpstreamCredential),
+            "policies" => Some(ChangeKind::Policies),
             _ => None,
         }
     }
@@ -178,4 +182,40 @@ pub struct UpstreamCredential {
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     pub created_by: String,
+}
+
+/// A tenant's Cedar policy document (one or more `permit`/`forbid` statements), validated against
+/// the schema by the caller before it is stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyRecord {
+    /// `pol_` followed by 32 hex digits; also the id decisions name.
+    pub id: String,
+    pub tenant_id: TenantId,
+    /// Unique within the tenant.
+    pub name: String,
+    pub description: String,
+    pub cedar: String,
+    /// A disabled policy is kept (and versioned) but takes no part in decisions.
+    pub enabled: bool,
+    /// 1 on create, +1 on every update.
+    pub version: i64,
+    pub created_at_ms: i64,
+    pub created_by: String,
+    pub updated_at_ms: i64,
+    pub updated_by: String,
+}
+
+/// One entry of a policy's history: the document as it was after a create, update or delete.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyVersion {
+    pub policy_id: String,
+    pub version: i64,
+    pub name: String,
+    pub description: String,
+    pub cedar: String,
+    pub enabled: bool,
+    /// `create`, `update` or `delete`.
+    pub change: String,
+    pub changed_at_ms: i64,
+    pub changed_by: String,
 }

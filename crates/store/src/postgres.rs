@@ -37,10 +37,11 @@
 //! | [`SystemPath::AuditWriter`] | `append`, `import` | insert audit rows of every tenant in one batch; write the chain head |
 //! | [`SystemPath::AuditRead`] | `head`, `heads`, `chain`, `checkpoints`, `insert_checkpoint`, `query` without a tenant | read every chain (verification, operators) |
 //!
-//! Nothing in the system scope reads `upstream_credentials`, `tenant_limits` or
-//! `tenant_ip_rules`: those are only ever reached in their tenant's transaction. Methods that are
-//! given a tenant id (`get_tenant`, `set_limits`, `create_tenant`, …) run in that tenant's
-//! transaction even when an operator calls them. No SECURITY DEFINER function and no view exist.
+//! Nothing in the system scope reads `upstream_credentials`, `tenant_limits`,
+//! `tenant_ip_rules`, `policies` or `policy_versions`: those are only ever reached in their
+//! tenant's transaction. Methods that are given a tenant id (`get_tenant`, `set_limits`,
+//! `create_tenant`, …) run in that tenant's transaction even when an operator calls them. No
+//! SECURITY DEFINER function and no view exist.
 //!
 //! RLS is the database's backstop against a query that forgot its tenant; it does not defend
 //! against arbitrary SQL run as the application role (which could set any setting itself).
@@ -87,9 +88,10 @@ const LOCK_AUDIT_CHAIN: i32 = 0x5043_0003;
 
 /// Ordered migrations, applied by the owner role. Append only; never edit a shipped entry.
 /// They run with `search_path = portcullis`.
-pub const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE tenants (
     id TEXT COLLATE "C" PRIMARY KEY,
     name TEXT NOT NULL,
@@ -294,11 +296,60 @@ $$;
 CREATE TRIGGER api_keys_system_update_guard BEFORE UPDATE ON api_keys
     FOR EACH ROW EXECUTE FUNCTION api_keys_system_update_guard();
 "#,
-)];
+    ),
+    (
+        2,
+        // Tenant Cedar policies and their history. The history has no foreign key to the policy:
+        // it outlives the policy's deletion. The application role may not update or delete it
+        // (see APP_GRANTS).
+        r#"
+CREATE TABLE policies (
+    id TEXT COLLATE "C" PRIMARY KEY,
+    tenant_id TEXT COLLATE "C" NOT NULL REFERENCES tenants(id),
+    name TEXT COLLATE "C" NOT NULL,
+    description TEXT NOT NULL,
+    cedar TEXT NOT NULL,
+    enabled BOOLEAN NOT NULL,
+    version BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    created_by TEXT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    updated_by TEXT NOT NULL,
+    UNIQUE (tenant_id, name)
+);
+CREATE TABLE policy_versions (
+    tenant_id TEXT COLLATE "C" NOT NULL REFERENCES tenants(id),
+    policy_id TEXT COLLATE "C" NOT NULL,
+    version BIGINT NOT NULL,
+    name TEXT NOT NULL,
+    description TEXT NOT NULL,
+    cedar TEXT NOT NULL,
+    enabled BOOLEAN NOT NULL,
+    change TEXT NOT NULL,
+    changed_at BIGINT NOT NULL,
+    changed_by TEXT NOT NULL,
+    PRIMARY KEY (policy_id, version)
+);
+
+ALTER TABLE policies ENABLE ROW LEVEL SECURITY;
+ALTER TABLE policies FORCE ROW LEVEL SECURITY;
+ALTER TABLE policy_versions ENABLE ROW LEVEL SECURITY;
+ALTER TABLE policy_versions FORCE ROW LEVEL SECURITY;
+
+CREATE POLICY tenant_rows ON policies FOR ALL
+    USING (tenant_id = nullif(current_setting('app.tenant_id', true), ''))
+    WITH CHECK (tenant_id = nullif(current_setting('app.tenant_id', true), ''));
+CREATE POLICY tenant_rows ON policy_versions FOR ALL
+    USING (tenant_id = nullif(current_setting('app.tenant_id', true), ''))
+    WITH CHECK (tenant_id = nullif(current_setting('app.tenant_id', true), ''));
+"#,
+    ),
+];
 
 /// What the application role may do, table by table: exactly what the methods of this module
 /// run (`migrate` revokes everything else on the schema first). No DELETE but on upstream
-/// credentials; no TRUNCATE, REFERENCES or TRIGGER anywhere; USAGE on the two sequences.
+/// credentials and policies (a policy's history is append-only: no UPDATE or DELETE on it); no
+/// TRUNCATE, REFERENCES or TRIGGER anywhere; USAGE on the two sequences.
 pub const APP_GRANTS: &[(&str, &str)] = &[
     ("schema_migrations", "SELECT"),
     ("tenants", "SELECT, INSERT, UPDATE"),
@@ -309,6 +360,8 @@ pub const APP_GRANTS: &[(&str, &str)] = &[
     ("tenant_limits", "SELECT, INSERT, UPDATE"),
     ("tenant_ip_rules", "SELECT, INSERT, UPDATE"),
     ("upstream_credentials", "SELECT, INSERT, UPDATE, DELETE"),
+    ("policies", "SELECT, INSERT, UPDATE, DELETE"),
+    ("policy_versions", "SELECT, INSERT"),
     ("audit_events", "SELECT, INSERT"),
     ("audit_heads", "SELECT, INSERT, UPDATE"),
     ("audit_checkpoints", "SELECT, INSERT"),
@@ -798,6 +851,88 @@ fn credential_from(row: &PgRow) -> Result<UpstreamCredential> {
         updated_at_ms: row.try_get("updated_at")?,
         created_by: row.try_get("created_by")?,
     })
+}
+
+fn policy_from(row: &PgRow) -> Result<PolicyRecord> {
+    let tenant: String = row.try_get("tenant_id")?;
+    Ok(PolicyRecord {
+        id: row.try_get("id")?,
+        tenant_id: TenantId::parse(&tenant).map_err(|_| corrupt("tenant id", &tenant))?,
+        name: row.try_get("name")?,
+        description: row.try_get("description")?,
+        cedar: row.try_get("cedar")?,
+        enabled: row.try_get("enabled")?,
+        version: row.try_get("version")?,
+        created_at_ms: row.try_get("created_at")?,
+        created_by: row.try_get("created_by")?,
+        updated_at_ms: row.try_get("updated_at")?,
+        updated_by: row.try_get("updated_by")?,
+    })
+}
+
+fn policy_version_from(row: &PgRow) -> Result<PolicyVersion> {
+    Ok(PolicyVersion {
+        policy_id: row.try_get("policy_id")?,
+        version: row.try_get("version")?,
+        name: row.try_get("name")?,
+        description: row.try_get("description")?,
+        cedar: row.try_get("cedar")?,
+        enabled: row.try_get("enabled")?,
+        change: row.try_get("change")?,
+        changed_at_ms: row.try_get("changed_at")?,
+        changed_by: row.try_get("changed_by")?,
+    })
+}
+
+const POLICY_COLUMNS: &str =
+    "id, tenant_id, name, description, cedar, enabled, version, created_at, created_by, updated_at, updated_by";
+const POLICY_VERSION_COLUMNS: &str =
+    "policy_id, version, name, description, cedar, enabled, change, changed_at, changed_by";
+
+/// The history entry of `p` as it is after a change of kind `change` (`create`, `update`,
+/// `delete`) made at `at_ms` by `by`.
+fn policy_version(p: &PolicyRecord, version: i64, change: &str, at_ms: i64, by: &str) -> PolicyVersion {
+    PolicyVersion {
+        policy_id: p.id.clone(),
+        version,
+        name: p.name.clone(),
+        description: p.description.clone(),
+        cedar: p.cedar.clone(),
+        enabled: p.enabled,
+        change: change.to_owned(),
+        changed_at_ms: at_ms,
+        changed_by: by.to_owned(),
+    }
+}
+
+/// Appends one entry to a policy's history, in the caller's tenant transaction.
+async fn insert_policy_version(conn: &mut PgConnection, tenant: &str, v: &PolicyVersion) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO policy_versions (tenant_id, policy_id, version, name, description, cedar, enabled, change, changed_at, changed_by) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(tenant)
+    .bind(&v.policy_id)
+    .bind(v.version)
+    .bind(&v.name)
+    .bind(&v.description)
+    .bind(&v.cedar)
+    .bind(v.enabled)
+    .bind(&v.change)
+    .bind(v.changed_at_ms)
+    .bind(&v.changed_by)
+    .execute(conn)
+    .await
+    .map_err(denied)?;
+    Ok(())
+}
+
+/// The conflict of a policy write, named after the policy.
+fn policy_conflict(name: &str) -> impl Fn(StoreError) -> StoreError + '_ {
+    move |e| match e {
+        StoreError::Conflict(_) => StoreError::Conflict(format!("policy `{name}`")),
+        other => other,
+    }
 }
 
 const KEY_COLUMNS: &str = "id, tenant_id, name, role, scopes, prefix, key_hash, created_at, created_by, expires_at, revoked_at, last_used_at, rotated_from, rotated_to";
@@ -1304,6 +1439,143 @@ impl Store for PgStore {
         }
         tx.commit().await?;
         Ok(n > 0)
+    }
+
+    async fn list_policies(&self, scope: &TenantScope) -> Result<Vec<PolicyRecord>> {
+        let tenant = scope.tenant_id().as_str();
+        let mut tx = tenant_tx(&self.pool, tenant).await?;
+        let rows = sqlx::query(&format!("SELECT {POLICY_COLUMNS} FROM policies WHERE tenant_id = $1 ORDER BY name"))
+            .bind(tenant)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        rows.iter().map(policy_from).collect()
+    }
+
+    async fn get_policy(&self, scope: &TenantScope, id: &str) -> Result<Option<PolicyRecord>> {
+        if has_nul(id) {
+            return Ok(None);
+        }
+        let tenant = scope.tenant_id().as_str();
+        let mut tx = tenant_tx(&self.pool, tenant).await?;
+        let row = sqlx::query(&format!("SELECT {POLICY_COLUMNS} FROM policies WHERE tenant_id = $1 AND id = $2"))
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        row.as_ref().map(policy_from).transpose()
+    }
+
+    async fn create_policy(&self, scope: &TenantScope, p: &PolicyRecord) -> Result<()> {
+        if p.tenant_id != *scope.tenant_id() {
+            return Err(StoreError::Corrupt(String::from("policy tenant does not match scope")));
+        }
+        if p.version != 1 {
+            return Err(StoreError::Corrupt(format!("a new policy has version 1, not {}", p.version)));
+        }
+        let tenant = scope.tenant_id().as_str();
+        let mut tx = tenant_tx(&self.pool, tenant).await?;
+        sqlx::query(
+            "INSERT INTO policies (id, tenant_id, name, description, cedar, enabled, version, created_at, created_by, updated_at, updated_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(&p.id)
+        .bind(tenant)
+        .bind(&p.name)
+        .bind(&p.description)
+        .bind(&p.cedar)
+        .bind(p.enabled)
+        .bind(p.version)
+        .bind(p.created_at_ms)
+        .bind(&p.created_by)
+        .bind(p.updated_at_ms)
+        .bind(&p.updated_by)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| policy_conflict(&p.name)(denied(e)))?;
+        let v = policy_version(p, p.version, "create", p.created_at_ms, &p.created_by);
+        insert_policy_version(&mut tx, tenant, &v).await.map_err(policy_conflict(&p.name))?;
+        record_change(&mut tx, ChangeKind::Policies, tenant, p.created_at_ms).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn update_policy(&self, scope: &TenantScope, p: &PolicyRecord) -> Result<bool> {
+        // No stored version precedes i64::MIN (versions start at 1); no stored id holds a NUL.
+        let Some(previous) = p.version.checked_sub(1) else { return Ok(false) };
+        if has_nul(&p.id) {
+            return Ok(false);
+        }
+        let tenant = scope.tenant_id().as_str();
+        let mut tx = tenant_tx(&self.pool, tenant).await?;
+        let n = sqlx::query(
+            "UPDATE policies SET name = $1, description = $2, cedar = $3, enabled = $4, version = $5, updated_at = $6, updated_by = $7 \
+             WHERE tenant_id = $8 AND id = $9 AND version = $10",
+        )
+        .bind(&p.name)
+        .bind(&p.description)
+        .bind(&p.cedar)
+        .bind(p.enabled)
+        .bind(p.version)
+        .bind(p.updated_at_ms)
+        .bind(&p.updated_by)
+        .bind(tenant)
+        .bind(&p.id)
+        .bind(previous)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| policy_conflict(&p.name)(denied(e)))?
+        .rows_affected();
+        if n == 0 {
+            return Ok(false);
+        }
+        let v = policy_version(p, p.version, "update", p.updated_at_ms, &p.updated_by);
+        insert_policy_version(&mut tx, tenant, &v).await?;
+        record_change(&mut tx, ChangeKind::Policies, tenant, p.updated_at_ms).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn delete_policy(&self, scope: &TenantScope, id: &str, by: &str, now_ms: i64) -> Result<bool> {
+        if has_nul(id) {
+            return Ok(false);
+        }
+        let tenant = scope.tenant_id().as_str();
+        let mut tx = tenant_tx(&self.pool, tenant).await?;
+        let row =
+            sqlx::query(&format!("DELETE FROM policies WHERE tenant_id = $1 AND id = $2 RETURNING {POLICY_COLUMNS}"))
+                .bind(tenant)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(denied)?;
+        let Some(last) = row.as_ref().map(policy_from).transpose()? else { return Ok(false) };
+        // The history's last entry: the document as it was, one version after it.
+        let version =
+            last.version.checked_add(1).ok_or_else(|| corrupt("policy version", &last.version.to_string()))?;
+        let v = policy_version(&last, version, "delete", now_ms, by);
+        insert_policy_version(&mut tx, tenant, &v).await?;
+        record_change(&mut tx, ChangeKind::Policies, tenant, now_ms).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn policy_versions(&self, scope: &TenantScope, id: &str) -> Result<Vec<PolicyVersion>> {
+        if has_nul(id) {
+            return Ok(Vec::new());
+        }
+        let tenant = scope.tenant_id().as_str();
+        let mut tx = tenant_tx(&self.pool, tenant).await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {POLICY_VERSION_COLUMNS} FROM policy_versions WHERE tenant_id = $1 AND policy_id = $2 ORDER BY version"
+        ))
+        .bind(tenant)
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter().map(policy_version_from).collect()
     }
 
     async fn changes_since(&self, seq: i64, limit: u32) -> Result<Vec<Change>> {

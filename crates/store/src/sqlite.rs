@@ -111,6 +111,39 @@ CREATE TABLE upstream_credentials (
 );
 "#,
     ),
+    (
+        5,
+        // A policy's history has no foreign key to the policy: it outlives the policy's deletion.
+        r#"
+CREATE TABLE policies (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    name TEXT NOT NULL,
+    description TEXT NOT NULL,
+    cedar TEXT NOT NULL,
+    enabled BOOLEAN NOT NULL,
+    version BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    created_by TEXT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    updated_by TEXT NOT NULL,
+    UNIQUE (tenant_id, name)
+);
+CREATE TABLE policy_versions (
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    policy_id TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    name TEXT NOT NULL,
+    description TEXT NOT NULL,
+    cedar TEXT NOT NULL,
+    enabled BOOLEAN NOT NULL,
+    change TEXT NOT NULL,
+    changed_at BIGINT NOT NULL,
+    changed_by TEXT NOT NULL,
+    PRIMARY KEY (policy_id, version)
+);
+"#,
+    ),
 ];
 
 const AUDIT_MIGRATIONS: &[(i64, &str)] = &[
@@ -343,6 +376,87 @@ fn credential_from(row: &SqliteRow) -> Result<UpstreamCredential> {
         updated_at_ms: row.try_get("updated_at")?,
         created_by: row.try_get("created_by")?,
     })
+}
+
+fn policy_from(row: &SqliteRow) -> Result<PolicyRecord> {
+    let tenant: String = row.try_get("tenant_id")?;
+    Ok(PolicyRecord {
+        id: row.try_get("id")?,
+        tenant_id: TenantId::parse(&tenant).map_err(|_| corrupt("tenant id", &tenant))?,
+        name: row.try_get("name")?,
+        description: row.try_get("description")?,
+        cedar: row.try_get("cedar")?,
+        enabled: row.try_get("enabled")?,
+        version: row.try_get("version")?,
+        created_at_ms: row.try_get("created_at")?,
+        created_by: row.try_get("created_by")?,
+        updated_at_ms: row.try_get("updated_at")?,
+        updated_by: row.try_get("updated_by")?,
+    })
+}
+
+fn policy_version_from(row: &SqliteRow) -> Result<PolicyVersion> {
+    Ok(PolicyVersion {
+        policy_id: row.try_get("policy_id")?,
+        version: row.try_get("version")?,
+        name: row.try_get("name")?,
+        description: row.try_get("description")?,
+        cedar: row.try_get("cedar")?,
+        enabled: row.try_get("enabled")?,
+        change: row.try_get("change")?,
+        changed_at_ms: row.try_get("changed_at")?,
+        changed_by: row.try_get("changed_by")?,
+    })
+}
+
+const POLICY_COLUMNS: &str =
+    "id, tenant_id, name, description, cedar, enabled, version, created_at, created_by, updated_at, updated_by";
+const POLICY_VERSION_COLUMNS: &str =
+    "policy_id, version, name, description, cedar, enabled, change, changed_at, changed_by";
+
+/// The history entry of `p` as it is after a change of kind `change` (`create`, `update`,
+/// `delete`) made at `at_ms` by `by`.
+fn policy_version(p: &PolicyRecord, version: i64, change: &str, at_ms: i64, by: &str) -> PolicyVersion {
+    PolicyVersion {
+        policy_id: p.id.clone(),
+        version,
+        name: p.name.clone(),
+        description: p.description.clone(),
+        cedar: p.cedar.clone(),
+        enabled: p.enabled,
+        change: change.to_owned(),
+        changed_at_ms: at_ms,
+        changed_by: by.to_owned(),
+    }
+}
+
+/// Appends one entry to a policy's history, in the caller's transaction.
+async fn insert_policy_version(conn: &mut sqlx::SqliteConnection, tenant: &str, v: &PolicyVersion) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO policy_versions (tenant_id, policy_id, version, name, description, cedar, enabled, change, changed_at, changed_by) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(tenant)
+    .bind(&v.policy_id)
+    .bind(v.version)
+    .bind(&v.name)
+    .bind(&v.description)
+    .bind(&v.cedar)
+    .bind(v.enabled)
+    .bind(&v.change)
+    .bind(v.changed_at_ms)
+    .bind(&v.changed_by)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The conflict of a policy write, named after the policy.
+fn policy_conflict(name: &str) -> impl Fn(StoreError) -> StoreError + '_ {
+    move |e| match e {
+        StoreError::Conflict(_) => StoreError::Conflict(format!("policy `{name}`")),
+        other => other,
+    }
 }
 
 const KEY_COLUMNS: &str = "id, tenant_id, name, role, scopes, prefix, key_hash, created_at, created_by, expires_at, revoked_at, last_used_at, rotated_from, rotated_to";
@@ -753,6 +867,121 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         Ok(n > 0)
+    }
+
+    async fn list_policies(&self, scope: &TenantScope) -> Result<Vec<PolicyRecord>> {
+        let rows = sqlx::query(&format!("SELECT {POLICY_COLUMNS} FROM policies WHERE tenant_id = ? ORDER BY name"))
+            .bind(scope.tenant_id().as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(policy_from).collect()
+    }
+
+    async fn get_policy(&self, scope: &TenantScope, id: &str) -> Result<Option<PolicyRecord>> {
+        let row = sqlx::query(&format!("SELECT {POLICY_COLUMNS} FROM policies WHERE tenant_id = ? AND id = ?"))
+            .bind(scope.tenant_id().as_str())
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(policy_from).transpose()
+    }
+
+    async fn create_policy(&self, scope: &TenantScope, p: &PolicyRecord) -> Result<()> {
+        if p.tenant_id != *scope.tenant_id() {
+            return Err(StoreError::Corrupt(String::from("policy tenant does not match scope")));
+        }
+        if p.version != 1 {
+            return Err(StoreError::Corrupt(format!("a new policy has version 1, not {}", p.version)));
+        }
+        let tenant = scope.tenant_id().as_str();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "INSERT INTO policies (id, tenant_id, name, description, cedar, enabled, version, created_at, created_by, updated_at, updated_by) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&p.id)
+        .bind(tenant)
+        .bind(&p.name)
+        .bind(&p.description)
+        .bind(&p.cedar)
+        .bind(p.enabled)
+        .bind(p.version)
+        .bind(p.created_at_ms)
+        .bind(&p.created_by)
+        .bind(p.updated_at_ms)
+        .bind(&p.updated_by)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| policy_conflict(&p.name)(e.into()))?;
+        let v = policy_version(p, p.version, "create", p.created_at_ms, &p.created_by);
+        insert_policy_version(&mut tx, tenant, &v).await.map_err(policy_conflict(&p.name))?;
+        Self::record_change(&mut tx, ChangeKind::Policies, tenant, p.created_at_ms).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn update_policy(&self, scope: &TenantScope, p: &PolicyRecord) -> Result<bool> {
+        // No stored version precedes i64::MIN (versions start at 1).
+        let Some(previous) = p.version.checked_sub(1) else { return Ok(false) };
+        let tenant = scope.tenant_id().as_str();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let n = sqlx::query(
+            "UPDATE policies SET name = ?, description = ?, cedar = ?, enabled = ?, version = ?, updated_at = ?, updated_by = ? \
+             WHERE tenant_id = ? AND id = ? AND version = ?",
+        )
+        .bind(&p.name)
+        .bind(&p.description)
+        .bind(&p.cedar)
+        .bind(p.enabled)
+        .bind(p.version)
+        .bind(p.updated_at_ms)
+        .bind(&p.updated_by)
+        .bind(tenant)
+        .bind(&p.id)
+        .bind(previous)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| policy_conflict(&p.name)(e.into()))?
+        .rows_affected();
+        if n == 0 {
+            return Ok(false);
+        }
+        let v = policy_version(p, p.version, "update", p.updated_at_ms, &p.updated_by);
+        insert_policy_version(&mut tx, tenant, &v).await?;
+        Self::record_change(&mut tx, ChangeKind::Policies, tenant, p.updated_at_ms).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn delete_policy(&self, scope: &TenantScope, id: &str, by: &str, now_ms: i64) -> Result<bool> {
+        let tenant = scope.tenant_id().as_str();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let row =
+            sqlx::query(&format!("DELETE FROM policies WHERE tenant_id = ? AND id = ? RETURNING {POLICY_COLUMNS}"))
+                .bind(tenant)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(last) = row.as_ref().map(policy_from).transpose()? else { return Ok(false) };
+        // The history's last entry: the document as it was, one version after it.
+        let version =
+            last.version.checked_add(1).ok_or_else(|| corrupt("policy version", &last.version.to_string()))?;
+        let v = policy_version(&last, version, "delete", now_ms, by);
+        insert_policy_version(&mut tx, tenant, &v).await?;
+        Self::record_change(&mut tx, ChangeKind::Policies, tenant, now_ms).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn policy_versions(&self, scope: &TenantScope, id: &str) -> Result<Vec<PolicyVersion>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {POLICY_VERSION_COLUMNS} FROM policy_versions WHERE tenant_id = ? AND policy_id = ? ORDER BY version"
+        ))
+        .bind(scope.tenant_id().as_str())
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(policy_version_from).collect()
     }
 
     async fn changes_since(&self, seq: i64, limit: u32) -> Result<Vec<Change>> {

@@ -11,7 +11,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use portcullis_core::Permission;
 use portcullis_core::audit::AuditResult;
-use portcullis_guard::Grant;
+use portcullis_guard::{ContextInput, Grant};
+
+fn portcullis_policy_valid(action: &str) -> bool {
+    portcullis_guard::PolicyEngine::valid_action(action)
+}
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -43,27 +47,32 @@ pub struct LimitsView {
     pub retry_after_secs: Option<u64>,
 }
 
+#[derive(Serialize, ToSchema, Clone)]
+pub struct PolicyErrorView {
+    pub policy: String,
+    pub message: String,
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct AuthorizeResponse {
     /// `allow` or `deny`.
     pub decision: String,
-    /// What decided it: `rbac:role:<role>` when allowed, `rbac:role_lacks_permission` or
-    /// `limit:<kind>` when denied.
+    /// What decided it. Allowed: the ids of the policies that permitted it (built-in ones are
+    /// `builtin.rbac.<role>`, tenant ones `pol_…`). Denied: the forbidding (or failing) policy
+    /// ids, `default:no_permit` when no policy permits, `scope:not_granted` when the key's
+    /// scopes exclude the action, or `limit:<kind>` when a limit refused it.
     pub reasons: Vec<String>,
+    /// The policies whose answer decided (also when a limit then refused).
+    pub policies: Vec<String>,
+    /// Policies that failed to evaluate; each one denies.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<PolicyErrorView>,
     pub principal: super::auth::PrincipalView,
     pub limits: Option<LimitsView>,
 }
 
-/// Admin permission names map to themselves; every other action is a data-plane action.
-fn permission_for(action: &str) -> Permission {
-    Permission::ALL.into_iter().find(|p| p.as_str() == action).unwrap_or(Permission::Execute)
-}
-
-fn check_action(action: &str) -> Result<(), ApiError> {
-    let ok = !action.is_empty()
-        && action.len() <= 128
-        && action.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
+pub(crate) fn check_action(action: &str) -> Result<(), ApiError> {
+    if portcullis_policy_valid(action) {
         Ok(())
     } else {
         Err(ApiError::BadRequest(String::from("`action` must be lowercase letters, digits, `.`, `_`, `-`")))
@@ -101,57 +110,82 @@ pub async fn authorize(
     ApiJson(body): ApiJson<AuthorizeRequest>,
 ) -> Result<Response, ApiError> {
     check_action(&body.action)?;
+    if let Some(r) = &body.resource
+        && (r.kind.is_empty() || r.kind.len() > 64 || r.id.is_empty() || r.id.len() > 256)
+    {
+        return Err(ApiError::BadRequest(String::from(
+            "`resource.type` must be 1–64 bytes and `resource.id` 1–256 bytes",
+        )));
+    }
     let p = &c.grant.principal;
-    let permission = permission_for(&body.action);
-    let role_ok = p.is_operator() || p.role.is_some_and(|r| permission.granted_to(r));
+    let resource = body.resource.as_ref().map(|r| (r.kind.as_str(), r.id.as_str()));
     let mut reasons = Vec::new();
+    let mut errors = Vec::new();
+    let mut policies = Vec::new();
     let mut limits = None;
     let mut headers = HeaderMap::new();
-    let allowed = if !role_ok {
-        reasons.push(String::from("rbac:role_lacks_permission"));
-        false
-    } else if !p.scope_allows(&body.action) {
+    let allowed = if !p.scope_allows(&body.action) {
         reasons.push(String::from("scope:not_granted"));
         false
-    } else if p.tenant_id.is_none() {
-        reasons.push(String::from("rbac:operator"));
-        true
     } else {
-        match app.guard.admit(p, &format!("authorize:{}", body.action), None, false).await? {
-            Ok(a) => {
-                reasons.push(format!("rbac:role:{}", p.role.map(|r| r.as_str()).unwrap_or("none")));
-                rate_headers(&mut headers, &a.rate);
-                limits = Some(LimitsView {
-                    rate_limit: a.rate.limit,
-                    rate_remaining: a.rate.remaining,
-                    rate_reset_secs: a.rate.reset_secs,
-                    quota_remaining: Some(a.quota_remaining),
-                    retry_after_secs: None,
-                });
-                true
-            }
-            Err(r) if r.kind == portcullis_limiter::LimitKind::Unavailable => {
-                // Not a decision: the limits could not be looked up. The caller (another
-                // gateway) gets 503 and applies its own fail mode; the attempt is audited.
-                crate::metrics::limit_rejected(r.kind.as_str());
-                let mut e = app.guard.event_for(&c.grant, &c.meta, &body.action, AuditResult::Failure);
-                e.reason = Some(format!("limit:{}", r.kind.as_str()));
-                e.metadata = serde_json::json!({ "decision_endpoint": "authorize", "context": body.context });
-                app.guard.record(e).await?;
-                return Err(ApiError::Limited(r));
-            }
-            Err(r) => {
-                crate::metrics::limit_rejected(r.kind.as_str());
-                reasons.push(format!("limit:{}", r.kind.as_str()));
-                rate_headers(&mut headers, &r.rate);
-                limits = Some(LimitsView {
-                    rate_limit: r.rate.limit,
-                    rate_remaining: r.rate.remaining,
-                    rate_reset_secs: r.rate.reset_secs,
-                    quota_remaining: None,
-                    retry_after_secs: Some(r.retry_after_secs),
-                });
-                false
+        let d = app
+            .guard
+            .decide(p, &body.action, resource, || {
+                ContextInput {
+                    ip: c.meta.ip.as_deref().and_then(|i| i.parse().ok()),
+                    ..ContextInput::at(app.guard.now_ms())
+                }
+                .with_caller_context(body.context.as_ref(), resource)
+            })
+            .await?;
+        policies.clone_from(&d.policies);
+        errors =
+            d.errors.iter().map(|e| PolicyErrorView { policy: e.policy.clone(), message: e.message.clone() }).collect();
+        if !d.allowed {
+            reasons = d.reasons();
+            false
+        } else if p.tenant_id.is_none() {
+            reasons = d.policies;
+            true
+        } else {
+            match app.guard.admit(p, &format!("authorize:{}", body.action), None, false).await? {
+                Ok(a) => {
+                    reasons = d.policies;
+                    rate_headers(&mut headers, &a.rate);
+                    limits = Some(LimitsView {
+                        rate_limit: a.rate.limit,
+                        rate_remaining: a.rate.remaining,
+                        rate_reset_secs: a.rate.reset_secs,
+                        quota_remaining: Some(a.quota_remaining),
+                        retry_after_secs: None,
+                    });
+                    true
+                }
+                Err(r) if r.kind == portcullis_limiter::LimitKind::Unavailable => {
+                    // Not a decision: the limits could not be looked up. The caller (another
+                    // gateway) gets 503 and applies its own fail mode; the attempt is audited.
+                    crate::metrics::limit_rejected(r.kind.as_str());
+                    let mut e = app.guard.event_for(&c.grant, &c.meta, &body.action, AuditResult::Failure);
+                    e.reason = Some(format!("limit:{}", r.kind.as_str()));
+                    e.with_meta("decision_endpoint", serde_json::Value::from("authorize"))
+                        .with_meta("policies", serde_json::json!(policies))
+                        .with_meta("context", body.context.clone().unwrap_or(serde_json::Value::Null));
+                    app.guard.record(e).await?;
+                    return Err(ApiError::Limited(r));
+                }
+                Err(r) => {
+                    crate::metrics::limit_rejected(r.kind.as_str());
+                    reasons.push(format!("limit:{}", r.kind.as_str()));
+                    rate_headers(&mut headers, &r.rate);
+                    limits = Some(LimitsView {
+                        rate_limit: r.rate.limit,
+                        rate_remaining: r.rate.remaining,
+                        rate_reset_secs: r.rate.reset_secs,
+                        quota_remaining: None,
+                        retry_after_secs: Some(r.retry_after_secs),
+                    });
+                    false
+                }
             }
         }
     };
@@ -162,15 +196,27 @@ pub async fn authorize(
         if allowed { AuditResult::Success } else { AuditResult::Denied },
     );
     if let Some(r) = &body.resource {
-        e.resource_type = Some(r.kind.chars().take(64).collect());
-        e.resource_id = Some(r.id.chars().take(256).collect());
+        e.resource_type = Some(r.kind.clone());
+        e.resource_id = Some(r.id.clone());
     }
     e.reason = (!allowed).then(|| reasons.join(","));
-    e.metadata = serde_json::json!({ "decision_endpoint": "authorize", "reasons": reasons, "context": body.context });
+    if let serde_json::Value::Object(m) = &mut e.metadata {
+        m.insert(String::from("decision_endpoint"), serde_json::Value::from("authorize"));
+        m.insert(String::from("reasons"), serde_json::json!(reasons));
+        m.insert(String::from("policies"), serde_json::json!(policies));
+        if !errors.is_empty() {
+            m.insert(String::from("policy_errors"), serde_json::json!(errors));
+        }
+        if let Some(ctx) = &body.context {
+            m.insert(String::from("context"), ctx.clone());
+        }
+    }
     app.guard.record(e).await?;
     let answer = AuthorizeResponse {
         decision: String::from(if allowed { "allow" } else { "deny" }),
         reasons,
+        policies,
+        errors,
         principal: super::auth::PrincipalView::from(&**p),
         limits,
     };
@@ -195,16 +241,30 @@ pub async fn check(State(app): State<AppState>, headers: HeaderMap, c: Caller) -
         e.reason = Some(reason);
         e.resource_type = Some(String::from("uri"));
         e.resource_id = Some(path.chars().take(512).collect());
-        e.metadata = serde_json::json!({ "decision_endpoint": "auth_check", "method": method });
+        e.with_meta("decision_endpoint", serde_json::Value::from("auth_check"))
+            .with_meta("method", serde_json::Value::from(method))
+            .with_meta("route", serde_json::Value::from(route_key.clone()));
         e
     };
-    if !p.role.is_some_and(|r| Permission::Execute.granted_to(r)) {
-        app.guard.record(denied(String::from("rbac:role_lacks_permission"))).await?;
-        return Err(ApiError::Forbidden(String::from("the caller's role does not grant this action")));
-    }
     if !p.scope_allows(&action) {
         app.guard.record(denied(String::from("scope:not_granted"))).await?;
         return Err(ApiError::Forbidden(String::from("the key's scopes do not include this action")));
+    }
+    let decision = app
+        .guard
+        .decide(p, &action, Some(("route", &route_key)), || ContextInput {
+            ip: c.meta.ip.as_deref().and_then(|i| i.parse().ok()),
+            route: route.as_ref().map(|r| r.cfg.prefix.clone()),
+            method: Some(method.to_owned()),
+            path: Some(path.to_owned()),
+            ..ContextInput::at(app.guard.now_ms())
+        })
+        .await?;
+    if !decision.allowed {
+        let mut e = denied(crate::proxy::policy_reason(&decision));
+        e.with_meta("policies", serde_json::json!(decision.reasons()));
+        app.guard.record(e).await?;
+        return Err(crate::proxy::policy_denied(&decision));
     }
     let admission =
         match app.guard.admit(p, &route_key, route.as_ref().and_then(|r| r.cfg.rate_per_minute), false).await? {
@@ -217,7 +277,10 @@ pub async fn check(State(app): State<AppState>, headers: HeaderMap, c: Caller) -
     let mut e = app.guard.event_for(&c.grant, &c.meta, &action, AuditResult::Success);
     e.resource_type = Some(String::from("uri"));
     e.resource_id = Some(path.chars().take(512).collect());
-    e.metadata = serde_json::json!({ "decision_endpoint": "auth_check", "method": method });
+    e.with_meta("decision_endpoint", serde_json::Value::from("auth_check"))
+        .with_meta("method", serde_json::Value::from(method))
+        .with_meta("route", serde_json::Value::from(route_key.clone()))
+        .with_meta("policies", serde_json::json!(decision.policies));
     app.guard.record(e).await?;
     let mut out = HeaderMap::new();
     rate_headers(&mut out, &admission.rate);

@@ -6,6 +6,7 @@ mod credentials;
 mod decide;
 mod health;
 mod keys;
+mod policies;
 mod tenants;
 mod users;
 
@@ -41,6 +42,12 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(keys::get, keys::revoke))
         .routes(routes!(keys::rotate))
         .routes(routes!(audit::query))
+        .routes(routes!(policies::list, policies::create))
+        .routes(routes!(policies::get, policies::update, policies::delete))
+        .routes(routes!(policies::versions))
+        .routes(routes!(policies::schema))
+        .routes(routes!(policies::evaluate))
+        .routes(routes!(policies::simulate))
 }
 
 /// Prometheus text format. For operators, or a scraper presenting `metrics.bearer_token`.

@@ -81,16 +81,17 @@ fn authorize_decides_by_role_and_says_why() {
         assert_eq!(e["user_id"], format!("key:{id}"));
         if allowed {
             assert_eq!(v["decision"], "allow", "{role} {action}: {v}");
-            assert_eq!(v["reasons"], json!([format!("rbac:role:{role}")]));
+            assert_eq!(v["reasons"], json!([format!("builtin.rbac.{role}")]));
+            assert_eq!(e["metadata"]["policies"], json!([format!("builtin.rbac.{role}")]), "{e}");
             assert_eq!(v["limits"]["rate_limit"], 200, "{v}");
             assert!(v["limits"]["rate_remaining"].as_u64().unwrap() < 200);
             assert!(v["limits"]["quota_remaining"].as_u64().unwrap() < 100_000);
             assert_eq!(e["result"], "success");
         } else {
             assert_eq!(v["decision"], "deny", "{role} {action}: {v}");
-            assert_eq!(v["reasons"], json!(["rbac:role_lacks_permission"]));
+            assert_eq!(v["reasons"], json!(["default:no_permit"]));
             assert_eq!(e["result"], "denied");
-            assert_eq!(e["reason"], "rbac:role_lacks_permission");
+            assert_eq!(e["reason"], "default:no_permit");
         }
     }
     // The bearer form works the same.
@@ -215,7 +216,7 @@ fn auth_check_refuses_with_401_403_and_429() {
     assert_eq!(problem(r).0, 403, "viewer");
     let e = event(&g, "conversation.send", &rid);
     assert_eq!(e["result"], "denied");
-    assert_eq!(e["reason"], "rbac:role_lacks_permission");
+    assert_eq!(e["reason"], "rbac:no_permit");
     let r =
         g.s.get("/v1/auth/check")
             .header("x-api-key", &g.key)

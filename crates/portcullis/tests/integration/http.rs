@@ -174,6 +174,15 @@ fn openapi_documents_every_route() {
         ("/v1/upstream-credentials", "delete"),
         ("/v1/authorize", "post"),
         ("/v1/auth/check", "get"),
+        ("/v1/policies", "get"),
+        ("/v1/policies", "post"),
+        ("/v1/policies/{id}", "get"),
+        ("/v1/policies/{id}", "put"),
+        ("/v1/policies/{id}", "delete"),
+        ("/v1/policies/{id}/versions", "get"),
+        ("/v1/policies/schema", "get"),
+        ("/v1/policies/evaluate", "post"),
+        ("/v1/policies/simulate", "post"),
     ];
     for (p, m) in expected {
         assert!(paths.get(p).and_then(|v| v.get(m)).is_some(), "{m} {p} documented");

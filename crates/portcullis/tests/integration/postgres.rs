@@ -13,8 +13,17 @@ use std::time::{Duration, Instant};
 
 /// Every table of the schema and whether it holds tenant rows (a `tenant_id` column or, for
 /// `tenants`, being one). Written out here, not taken from the code under test.
-const TENANT_TABLES: &[&str] =
-    &["tenants", "users", "api_keys", "tenant_limits", "tenant_ip_rules", "upstream_credentials", "audit_events"];
+const TENANT_TABLES: &[&str] = &[
+    "tenants",
+    "users",
+    "api_keys",
+    "tenant_limits",
+    "tenant_ip_rules",
+    "upstream_credentials",
+    "audit_events",
+    "policies",
+    "policy_versions",
+];
 
 /// What the application role must be granted, and nothing more.
 const EXPECTED_GRANTS: &[(&str, &[&str])] = &[
@@ -23,6 +32,8 @@ const EXPECTED_GRANTS: &[(&str, &[&str])] = &[
     ("audit_events", &["INSERT", "SELECT"]),
     ("audit_heads", &["INSERT", "SELECT", "UPDATE"]),
     ("changes", &["INSERT", "SELECT"]),
+    ("policies", &["DELETE", "INSERT", "SELECT", "UPDATE"]),
+    ("policy_versions", &["INSERT", "SELECT"]),
     ("schema_migrations", &["SELECT"]),
     ("sessions", &["INSERT", "SELECT", "UPDATE"]),
     ("tenant_ip_rules", &["INSERT", "SELECT", "UPDATE"]),

@@ -589,7 +589,9 @@ fn refused_callers_never_reach_the_upstream() {
     }
     assert_eq!(g.up.count(), 0, "nothing reached the upstream");
     assert!(
-        g.s.audit(&g.op, "action=authz.denied").iter().any(|e| e["reason"] == "role_lacks_permission"),
+        g.s.audit(&g.op, "action=conversation.send&result=denied")
+            .iter()
+            .any(|e| e["reason"] == "rbac:no_permit" && e["metadata"]["role"] == "viewer"),
         "the viewer's refusal is audited"
     );
 }
