@@ -347,8 +347,10 @@ impl Guard {
             return Err(GuardError::Forbidden("principal without role"));
         }
         // Data-plane permission is decided per action by the caller (route, decision request),
-        // with the tenant's policies; every other permission is an action of its own here.
-        if permission != Permission::Execute {
+        // with the tenant's policies; the caller's own session (whoami, logout, asking for a
+        // decision) is every tenant principal's and no tenant policy takes it away; every other
+        // permission is an action of its own here.
+        if !matches!(permission, Permission::Execute | Permission::Session) {
             let ctx = || ContextInput {
                 ip: meta.ip.as_deref().and_then(|i| i.parse().ok()),
                 ..ContextInput::at(self.now_ms())

@@ -81,10 +81,16 @@ impl Guard {
         let cedar = change.cedar.ok_or_else(|| AdminError::Invalid(String::from("`cedar` is required")))?;
         let id = new_policy_id();
         let warnings = self.check_policy(&id, &cedar)?;
-        if self.store.list_policies(scope).await?.len() >= MAX_POLICIES {
+        let existing = self.store.list_policies(scope).await?;
+        if existing.len() >= MAX_POLICIES {
             return Err(AdminError::Conflict(format!(
                 "the tenant already holds {MAX_POLICIES} policies, the most allowed"
             )));
+        }
+        // Refused before the event is recorded: the log must not claim a creation that cannot
+        // happen. (The store's unique constraint still settles a concurrent race.)
+        if existing.iter().any(|p| p.name == name) {
+            return Err(AdminError::Conflict(format!("the tenant already has a policy named `{name}`")));
         }
         let now = self.now_ms();
         let p = PolicyRecord {
@@ -132,6 +138,11 @@ impl Guard {
             p.enabled = e;
         }
         let warnings = self.check_policy(&p.id, &p.cedar)?;
+        // A rename onto a taken name is refused before the event is recorded (see `create_policy`).
+        if p.name != old.name && self.store.list_policies(scope).await?.iter().any(|q| q.id != p.id && q.name == p.name)
+        {
+            return Err(AdminError::Conflict(format!("the tenant already has a policy named `{}`", p.name)));
+        }
         p.version = old.version + 1;
         p.updated_at_ms = self.now_ms();
         p.updated_by = g.principal.id.clone();

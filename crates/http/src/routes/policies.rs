@@ -12,6 +12,7 @@ use axum::http::StatusCode;
 use portcullis_core::audit::{AuditRecord, AuditResult};
 use portcullis_core::timefmt::{parse_rfc3339_ms, rfc3339_ms};
 use portcullis_core::{Principal, PrincipalKind, Role, TenantScope};
+use portcullis_guard::policies::{MAX_POLICIES, PolicyChange};
 use portcullis_guard::{ContextInput, Decision, PolicyEngine};
 use portcullis_policy::{Document, Problem, TenantPolicies};
 use portcullis_store::{AuditFilter, PolicyRecord, PolicyVersion};
@@ -19,8 +20,6 @@ use serde::{Deserialize, Serialize};
 use std::str::FromStr;
 use utoipa::ToSchema;
 
-/// The most policy documents one tenant may hold.
-pub const MAX_POLICIES: usize = 1000;
 /// The most recorded decisions one simulation replays.
 pub const MAX_SIMULATED: u32 = 10_000;
 /// Changed decisions shown per simulation.
@@ -128,45 +127,6 @@ fn invalid(detail: &str, errors: Vec<ProblemView>) -> ApiError {
     ApiError::Invalid(detail.to_owned(), ext)
 }
 
-fn check_name(name: &str) -> Result<(), ApiError> {
-    let n = name.chars().count();
-    if n == 0 || n > 128 || name.chars().any(char::is_control) || name.trim() != name {
-        return Err(ApiError::BadRequest(String::from(
-            "`name` must be 1–128 characters without control characters or surrounding spaces",
-        )));
-    }
-    Ok(())
-}
-
-fn check_description(d: &str) -> Result<(), ApiError> {
-    if d.chars().count() > 2000 {
-        return Err(ApiError::BadRequest(String::from("`description` must be at most 2000 characters")));
-    }
-    Ok(())
-}
-
-/// Validates a document; 400 with every error and its position when it does not validate.
-fn validate(engine: &PolicyEngine, id: &str, cedar: &str) -> Result<Vec<ProblemView>, ApiError> {
-    match engine.check(id, cedar) {
-        Ok(c) => Ok(problems_view(c.warnings)),
-        Err(errors) => Err(invalid("the policy does not validate against the schema", problems_view(errors))),
-    }
-}
-
-fn new_policy_id() -> String {
-    format!("pol_{}", uuid::Uuid::now_v7().simple())
-}
-
-fn policy_event(a: &Authed<impl Send + Sync>, action: &str, p: &PolicyRecord) -> portcullis_core::audit::AuditEvent {
-    let mut e = a.event(action, AuditResult::Success);
-    e.resource_type = Some(String::from("policy"));
-    e.resource_id = Some(p.id.clone());
-    e.with_meta("name", serde_json::Value::from(p.name.clone()))
-        .with_meta("version", serde_json::Value::from(p.version))
-        .with_meta("enabled", serde_json::Value::from(p.enabled));
-    e
-}
-
 /// Lists the tenant's policies.
 #[utoipa::path(get, path = "/v1/policies", tag = "policies", security(("bearer" = []), ("api_key" = [])),
     responses((status = 200, body = PolicyList), (status = 403, body = ProblemDoc)))]
@@ -187,43 +147,14 @@ pub async fn create(
     ApiJson(body): ApiJson<CreatePolicy>,
 ) -> Result<(StatusCode, Json<SavedPolicy>), ApiError> {
     let scope = a.scope()?.clone();
-    check_name(&body.name)?;
-    let description = body.description.unwrap_or_default();
-    check_description(&description)?;
-    let id = new_policy_id();
-    let warnings = validate(a.app.guard.policy_engine(), &id, &body.cedar)?;
-    let store = a.app.guard.store();
-    let existing = store.list_policies(&scope).await?;
-    if existing.len() >= MAX_POLICIES {
-        return Err(ApiError::Conflict(format!("the tenant already holds {MAX_POLICIES} policies, the most allowed")));
-    }
-    // Refused before the event is recorded: the log must not claim a creation that cannot happen.
-    // (The store's unique constraint still settles a concurrent race.)
-    if existing.iter().any(|p| p.name == body.name) {
-        return Err(ApiError::Conflict(format!("the tenant already has a policy named `{}`", body.name)));
-    }
-    let now = a.app.guard.now_ms();
-    let p = PolicyRecord {
-        id,
-        tenant_id: scope.tenant_id().clone(),
-        name: body.name,
-        description,
-        cedar: body.cedar,
-        enabled: body.enabled.unwrap_or(true),
-        version: 1,
-        created_at_ms: now,
-        created_by: a.grant.principal.id.clone(),
-        updated_at_ms: now,
-        updated_by: a.grant.principal.id.clone(),
+    let change = PolicyChange {
+        name: Some(body.name),
+        cedar: Some(body.cedar),
+        description: body.description,
+        enabled: body.enabled,
     };
-    a.record(policy_event(&a, "policy.create", &p)).await?;
-    store.create_policy(&scope, &p).await.map_err(|e| match e {
-        portcullis_store::StoreError::Conflict(_) => {
-            ApiError::Conflict(format!("the tenant already has a policy named `{}`", p.name))
-        }
-        other => other.into(),
-    })?;
-    a.app.guard.invalidate_policies(scope.tenant_id());
+    let (p, warnings) = a.app.guard.create_policy(&a.grant, &a.meta, &scope, change).await?;
+    let warnings = problems_view(warnings);
     Ok((StatusCode::CREATED, Json(SavedPolicy { policy: PolicyView::from(&p), warnings })))
 }
 
@@ -262,42 +193,10 @@ pub async fn update(
     {
         return Err(ApiError::Conflict(format!("the policy is at version {}, not {v}; re-read it", old.version)));
     }
-    let mut p = old.clone();
-    if let Some(n) = body.name {
-        check_name(&n)?;
-        p.name = n;
-    }
-    if let Some(d) = body.description {
-        check_description(&d)?;
-        p.description = d;
-    }
-    if let Some(c) = body.cedar {
-        p.cedar = c;
-    }
-    if let Some(e) = body.enabled {
-        p.enabled = e;
-    }
-    let warnings = validate(a.app.guard.policy_engine(), &p.id, &p.cedar)?;
-    // A rename onto a taken name is refused before the event is recorded (see `create`).
-    if p.name != old.name
-        && a.app.guard.store().list_policies(&scope).await?.iter().any(|q| q.id != p.id && q.name == p.name)
-    {
-        return Err(ApiError::Conflict(format!("the tenant already has a policy named `{}`", p.name)));
-    }
-    p.version = old.version + 1;
-    p.updated_at_ms = a.app.guard.now_ms();
-    p.updated_by = a.grant.principal.id.clone();
-    a.record(policy_event(&a, "policy.update", &p)).await?;
-    let updated = a.app.guard.store().update_policy(&scope, &p).await.map_err(|e| match e {
-        portcullis_store::StoreError::Conflict(_) => {
-            ApiError::Conflict(format!("the tenant already has a policy named `{}`", p.name))
-        }
-        other => other.into(),
-    })?;
-    if !updated {
-        return Err(ApiError::Conflict(String::from("the policy changed meanwhile; re-read it")));
-    }
-    a.app.guard.invalidate_policies(scope.tenant_id());
+    let change =
+        PolicyChange { name: body.name, cedar: body.cedar, description: body.description, enabled: body.enabled };
+    let (p, warnings) = a.app.guard.update_policy(&a.grant, &a.meta, &scope, &old, change).await?;
+    let warnings = problems_view(warnings);
     Ok(Json(SavedPolicy { policy: PolicyView::from(&p), warnings }))
 }
 
@@ -308,12 +207,9 @@ pub async fn update(
 pub async fn delete(a: Authed<perm::PoliciesWrite>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     let scope = a.scope()?.clone();
     let p = load(&a, &id, "policy.delete").await?;
-    a.record(policy_event(&a, "policy.delete", &p)).await?;
-    let now = a.app.guard.now_ms();
-    if !a.app.guard.store().delete_policy(&scope, &p.id, &a.grant.principal.id, now).await? {
+    if !a.app.guard.delete_policy(&a.grant, &a.meta, &scope, &p).await? {
         return Err(ApiError::NotFound);
     }
-    a.app.guard.invalidate_policies(scope.tenant_id());
     Ok(StatusCode::NO_CONTENT)
 }
 

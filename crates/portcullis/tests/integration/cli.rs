@@ -73,3 +73,54 @@ fn operators_created_by_the_cli_can_log_in_and_migrate_is_idempotent() {
     let v = s.cli(&["audit", "verify"]);
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
 }
+
+#[test]
+fn policy_commands_validate_with_positions_and_the_server_enforces_what_they_save() {
+    let s = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.cedar");
+    std::fs::write(&bad, "permit (principal, action, resource)\n  when { principal.rol == \"admin\" };\n").unwrap();
+    let good = dir.path().join("shell.cedar");
+    std::fs::write(
+        &good,
+        "forbid (principal, action == Portcullis::Action::\"tool.request\", resource == Portcullis::Tool::\"shell\")\n  unless { principal.role == \"admin\" };\n",
+    )
+    .unwrap();
+    let (bad, good) = (bad.to_str().unwrap(), good.to_str().unwrap());
+
+    let out = s.cli(&["policy", "check", bad]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{bad}:2:10:")) && err.contains("did you mean `role`?"), "{err}");
+    assert!(s.cli(&["policy", "check", good]).status.success());
+
+    let t = s.cli_json(&["tenant", "create", "acme"])["id"].as_str().unwrap().to_owned();
+    let out = s.cli(&["policy", "create", "--tenant", &t, "--name", "bad", bad]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(":2:10:"));
+    let p = s.cli_json(&["policy", "create", "--tenant", &t, "--name", "shell is for admins", good]);
+    let id = p["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        s.cli_json(&["policy", "list", "--tenant", &t]).as_array().unwrap().len(),
+        1,
+        "the bad one was not saved"
+    );
+
+    // The running server picks the CLI's change up from the change feed and enforces it.
+    let (_, editor) = s.create_key(&s.operator_token(), &t, "editor");
+    let ask = serde_json::json!({"action": "tool.request", "resource": {"type": "tool", "id": "shell"}});
+    let denied = crate::harness::eventually(std::time::Duration::from_secs(10), || {
+        let v: Value = s.post("/v1/authorize").header("x-api-key", &editor).json(&ask).send().unwrap().json().unwrap();
+        v["decision"] == "deny" && v["reasons"] == serde_json::json!([id])
+    });
+    assert!(denied, "the editor's shell request is denied by {id}");
+
+    let out = s.cli_json(&["policy", "update", "--tenant", &t, &id, "--disable"]);
+    assert_eq!(out["version"], 2);
+    let versions = s.cli_json(&["policy", "versions", "--tenant", &t, &id]);
+    assert_eq!(versions.as_array().unwrap().len(), 2);
+    assert!(s.cli(&["policy", "delete", "--tenant", &t, &id]).status.success());
+    assert!(!s.cli(&["policy", "get", "--tenant", &t, &id]).status.success());
+    let events = s.cli_json(&["audit", "query", "--action", "policy.create"]);
+    assert_eq!(events.as_array().unwrap().len(), 1, "one create, none for the refused one");
+}

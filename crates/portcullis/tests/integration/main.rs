@@ -17,6 +17,7 @@ mod keys;
 mod limits;
 mod metrics;
 mod nginx;
+mod policies;
 mod postgres;
 mod proxy;
 mod rbac;

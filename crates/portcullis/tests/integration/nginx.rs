@@ -115,5 +115,5 @@ fn auth_request_allows_denies_and_limits() {
     let events = s.audit(&op, "action=http.request");
     assert!(events.iter().any(|e| e["result"] == "success" && e["resource_id"] == "/api/orders"));
     assert!(events.iter().any(|e| e["result"] == "denied" && e["reason"] == "limit:tenant_rate"));
-    assert!(events.iter().any(|e| e["result"] == "denied" && e["reason"] == "rbac:role_lacks_permission"));
+    assert!(events.iter().any(|e| e["result"] == "denied" && e["reason"] == "rbac:no_permit"));
 }
