@@ -53,6 +53,8 @@ pub struct TierLimits {
     pub concurrency: u32,
     pub rate_per_minute: u32,
     pub budget_usd_per_day: Option<f64>,
+    #[serde(default)]
+    pub budget_usd_per_month: Option<f64>,
 }
 
 impl TierLimits {
@@ -69,6 +71,7 @@ impl TierLimits {
             concurrency,
             rate_per_minute,
             budget_usd_per_day: budget,
+            budget_usd_per_month: None,
         }
     }
 }

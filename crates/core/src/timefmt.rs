@@ -26,6 +26,25 @@ pub fn utc_date(unix_ms: i64) -> String {
     s.chars().take(10).collect()
 }
 
+/// Unix ms of the next UTC midnight after `unix_ms`.
+pub fn next_utc_midnight_ms(unix_ms: i64) -> i64 {
+    (unix_ms.div_euclid(86_400_000) + 1) * 86_400_000
+}
+
+/// `YYYY-MM` (UTC) of a timestamp, and the Unix ms when the next month starts.
+pub fn utc_month(unix_ms: i64) -> (String, i64) {
+    let date = utc_date(unix_ms);
+    let month: String = date.chars().take(7).collect();
+    let (y, m) =
+        (date.get(0..4).and_then(|y| y.parse::<i32>().ok()), date.get(5..7).and_then(|m| m.parse::<u8>().ok()));
+    let next = match (y, m) {
+        (Some(y), Some(12)) => format!("{:04}-01-01T00:00:00Z", y + 1),
+        (Some(y), Some(m)) => format!("{y:04}-{:02}-01T00:00:00Z", m + 1),
+        _ => String::new(),
+    };
+    (month, parse_rfc3339_ms(&next).unwrap_or_else(|| next_utc_midnight_ms(unix_ms)))
+}
+
 /// Parses RFC 3339 into Unix milliseconds.
 pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
     let t = OffsetDateTime::parse(s, &Rfc3339).ok()?;
@@ -62,5 +81,14 @@ mod tests {
         assert_eq!(parse_duration_secs("30d"), Ok(2_592_000));
         assert!(parse_duration_secs("-1d").is_err());
         assert!(parse_duration_secs("5y").is_err());
+    }
+
+    #[test]
+    fn windows_end_at_the_next_utc_midnight_and_month() {
+        let t = parse_rfc3339_ms("2025-11-24T16:00:00Z").unwrap_or(0);
+        assert_eq!(rfc3339_ms(next_utc_midnight_ms(t)), "2025-11-25T00:00:00.000Z");
+        assert_eq!(utc_month(t), (String::from("2025-11"), parse_rfc3339_ms("2025-12-01T00:00:00Z").unwrap_or(0)));
+        let dec = parse_rfc3339_ms("2025-12-31T23:59:59Z").unwrap_or(0);
+        assert_eq!(utc_month(dec).1, parse_rfc3339_ms("2026-01-01T00:00:00Z").unwrap_or(0));
     }
 }

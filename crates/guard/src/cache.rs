@@ -48,6 +48,8 @@ pub struct Caches {
     pub ip_rules: DashMap<TenantId, Arc<IpPolicy>>,
     /// (tenant + route) → the opened credential, or `None` when the tenant has none there.
     pub upstream: DashMap<String, Option<Arc<(String, String)>>>,
+    /// The tenant's model profiles (prices for usage costs).
+    pub model_profiles: DashMap<TenantId, Arc<Vec<portcullis_store::ModelProfile>>>,
     /// The tenant's compiled Cedar policy set (built-in + its enabled documents).
     pub policies: DashMap<TenantId, Arc<portcullis_policy::TenantPolicies>>,
 }
@@ -79,6 +81,11 @@ impl Caches {
     pub fn remove_ip_rules(&self, id: &TenantId) {
         self.bump();
         self.ip_rules.remove(id);
+    }
+
+    pub fn remove_model_profiles(&self, id: &TenantId) {
+        self.bump();
+        self.model_profiles.remove(id);
     }
 
     pub fn remove_policies(&self, id: &TenantId) {
@@ -140,6 +147,11 @@ impl Caches {
             ChangeKind::IpRules => {
                 if let Ok(id) = TenantId::parse(&change.entity_id) {
                     self.remove_ip_rules(&id);
+                }
+            }
+            ChangeKind::ModelProfiles => {
+                if let Ok(id) = TenantId::parse(&change.entity_id) {
+                    self.remove_model_profiles(&id);
                 }
             }
             ChangeKind::Policies => {

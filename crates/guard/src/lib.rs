@@ -9,12 +9,15 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod budget;
 mod cache;
 pub mod jwt;
 mod login;
 pub mod password;
 pub mod policies;
+pub mod profiles;
 pub mod sealed;
+pub mod usage;
 
 pub use jwt::{JwtConfig, JwtKeyConfig};
 pub use login::{LoginOk, LoginPolicy};
@@ -186,6 +189,9 @@ pub struct Guard {
     jwt: Option<jwt::JwtVerifier>,
     change_seq: AtomicI64,
     policy: Arc<portcullis_policy::Engine>,
+    usage: usage::UsageLedger,
+    /// Budget windows this process has started from the usage store: (tenant, window id).
+    budget_seeded: dashmap::DashMap<(String, String), ()>,
 }
 
 pub fn sha256_hex(s: &str) -> String {
@@ -220,6 +226,8 @@ impl Guard {
             jwt,
             change_seq: AtomicI64::new(seq),
             policy: cfg.policy,
+            usage: usage::UsageLedger::default(),
+            budget_seeded: dashmap::DashMap::new(),
         }))
     }
 
@@ -828,6 +836,9 @@ impl Guard {
                 let Some(g) = weak.upgrade() else { break };
                 if let Err(e) = g.apply_changes().await {
                     tracing::warn!(error = %e, "change feed unavailable; caches keep their entries until it returns");
+                }
+                if let Err(e) = g.flush_usage_ledger().await {
+                    tracing::warn!(error = %e, "usage could not be written; kept in memory for the next attempt");
                 }
                 since_flush += every;
                 if since_flush >= Duration::from_secs(5) {

@@ -38,6 +38,9 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("limit reached: {}", .0.kind.as_str())]
     Limited(portcullis_limiter::Rejection),
+    /// 402: a budget window cannot take this request.
+    #[error("budget exhausted")]
+    Budget(portcullis_limiter::BudgetExceeded),
     #[error("the upstream did not answer in time")]
     UpstreamTimeout,
     #[error("the upstream could not be reached")]
@@ -65,6 +68,7 @@ impl ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "limits-unavailable", "Limits unavailable")
             }
             ApiError::Limited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Limit reached"),
+            ApiError::Budget(_) => (StatusCode::PAYMENT_REQUIRED, "budget-exhausted", "Budget exhausted"),
             ApiError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream-timeout", "Upstream timeout"),
             ApiError::BadGateway => (StatusCode::BAD_GATEWAY, "bad-gateway", "Bad gateway"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
@@ -132,11 +136,26 @@ impl IntoResponse for ApiError {
                 },
                 r.retry_after_secs
             ),
+            ApiError::Budget(b) => format!(
+                "the tenant's {} budget of ${:.2} is used up (${:.6} spent or reserved; this request may cost up to ${:.6}); it resets at {}",
+                b.window.kind,
+                b.window.limit_nanos as f64 / 1e9,
+                b.used_nanos as f64 / 1e9,
+                b.amount_nanos as f64 / 1e9,
+                portcullis_core::timefmt::rfc3339_ms(b.window.reset_ms)
+            ),
             other => other.to_string(),
         };
         let retry = match &self {
             ApiError::Throttled(s) => Some(*s),
             ApiError::Limited(r) => Some(r.retry_after_secs),
+            ApiError::Budget(b) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                    .unwrap_or(0);
+                Some(u64::try_from((b.window.reset_ms - now).max(0)).unwrap_or(0).div_ceil(1000))
+            }
             _ => None,
         };
         let mut res = status.into_response();
@@ -153,6 +172,18 @@ impl IntoResponse for ApiError {
         }
         let extensions = match self {
             ApiError::Invalid(_, ext) => Some(ext),
+            ApiError::Budget(b) => {
+                let mut ext = serde_json::Map::new();
+                ext.insert(String::from("window"), serde_json::Value::from(b.window.kind));
+                ext.insert(String::from("window_id"), serde_json::Value::from(b.window.id.clone()));
+                ext.insert(String::from("limit_usd"), serde_json::json!(b.window.limit_nanos as f64 / 1e9));
+                ext.insert(String::from("used_usd"), serde_json::json!(b.used_nanos as f64 / 1e9));
+                ext.insert(
+                    String::from("reset_at"),
+                    serde_json::Value::from(portcullis_core::timefmt::rfc3339_ms(b.window.reset_ms)),
+                );
+                Some(ext)
+            }
             _ => None,
         };
         res.extensions_mut().insert(Problem { kind, title, detail, retry_after_secs: retry, extensions });

@@ -7,6 +7,7 @@ pub mod error;
 pub mod extract;
 pub mod metrics;
 pub mod middleware;
+pub mod openai;
 pub mod proxy;
 mod routes;
 pub mod server;

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use http_body::Frame;
 use portcullis_core::Permission;
 use portcullis_core::audit::AuditResult;
+use portcullis_guard::budget::BudgetOutcome;
 use portcullis_guard::{ContextInput, Decision};
 use portcullis_limiter::{RateInfo, Slot};
 use serde::{Deserialize, Serialize};
@@ -375,6 +376,7 @@ static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-rese
 static X_PORTCULLIS_TENANT: HeaderName = HeaderName::from_static("x-portcullis-tenant");
 static X_PORTCULLIS_PRINCIPAL: HeaderName = HeaderName::from_static("x-portcullis-principal");
 static X_PORTCULLIS_ROLE: HeaderName = HeaderName::from_static("x-portcullis-role");
+static X_PORTCULLIS_BUDGET_WARNING: HeaderName = HeaderName::from_static("x-portcullis-budget-warning");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 static X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
@@ -403,13 +405,116 @@ pub fn rate_headers(h: &mut HeaderMap, r: &RateInfo) {
 }
 
 /// The upstream's body, holding the tenant's concurrency slot until it ends, fails, is dropped
-/// (client gone), or stays silent for the route's idle timeout.
+/// (client gone), or stays silent for the route's idle timeout. On `openai` routes it reads the
+/// usage as it goes by; on every route its end (or drop) records the request's usage.
 struct SlotBody {
-    inner: hyper::body::Incoming,
+    /// Taken only by `Drop`, to finish reading a JSON answer the client left before its end.
+    inner: Option<hyper::body::Incoming>,
     idle: Duration,
     deadline: crate::timer::CoarseSleep,
+    scanner: Option<crate::openai::Scanner>,
+    tap: Option<UsageTap>,
+    /// Bytes the scanner still held when the upstream's body ended, sent as the last frame.
+    held: Option<bytes::Bytes>,
+    ended: bool,
     _slot: Option<Slot>,
     _in_flight: Option<InFlight>,
+}
+
+/// A request's usage, recorded when dropped (the body ended, failed, or the client left).
+struct UsageTap {
+    guard: Arc<portcullis_guard::Guard>,
+    tenant: portcullis_core::TenantId,
+    principal: String,
+    route: String,
+    request_model: Option<String>,
+    status: u16,
+    started: std::time::Instant,
+    usage: crate::openai::Usage,
+    budget: Option<BudgetHold>,
+    /// Charged without token counts (a budgeted success whose usage never arrived).
+    unmetered_nanos: i64,
+}
+
+/// A budget reservation and the prices that settle it.
+struct BudgetHold {
+    reservation: portcullis_limiter::Reservation,
+    in_price: i64,
+    out_price: i64,
+    guard: Arc<portcullis_guard::Guard>,
+}
+
+impl Drop for UsageTap {
+    fn drop(&mut self) {
+        if let Some(b) = self.budget.take() {
+            // Tokens reported: their cost. None reported: an upstream error costs nothing; a
+            // success without usage keeps the whole reservation (its cost is unknown).
+            let actual = if self.usage.seen {
+                portcullis_guard::usage::cost_nanos_u64(
+                    b.in_price,
+                    b.out_price,
+                    self.usage.input_tokens,
+                    self.usage.output_tokens,
+                )
+            } else if self.status >= 400 {
+                0
+            } else {
+                // Recorded as usage too, so that spend read back from the store agrees.
+                self.unmetered_nanos = b.reservation.amount_nanos;
+                b.reservation.amount_nanos
+            };
+            b.guard.settle_budget(b.reservation, actual);
+        }
+        // The model the caller asked for names the profile (an upstream may answer with a dated
+        // variant of it); the answer's model when the request named none.
+        let model = self.request_model.take().or_else(|| self.usage.model.take()).unwrap_or_default();
+        self.guard.record_usage(portcullis_guard::usage::UsageEvent {
+            tenant: self.tenant.clone(),
+            principal: std::mem::take(&mut self.principal),
+            model,
+            route: std::mem::take(&mut self.route),
+            status: self.status,
+            latency_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            input_tokens: self.usage.input_tokens,
+            output_tokens: self.usage.output_tokens,
+            unmetered_nanos: self.unmetered_nanos,
+            at_ms: self.guard.now_ms(),
+        });
+    }
+}
+
+impl Drop for SlotBody {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        // The client left before the end. A JSON answer was paid for upstream all the same:
+        // read the rest of it in the background (bounded by the idle timeout and the scanner's
+        // size cap) so its usage is recorded. A stream is cut instead (the upstream stops
+        // generating); its usage is unknown and the tap charges what was reserved.
+        if let (Some(crate::openai::Scanner::Json { .. }), Some(inner), Some(_)) =
+            (&self.scanner, self.inner.as_ref(), self.tap.as_ref())
+            && !http_body::Body::is_end_stream(inner)
+            && let (Some(mut scanner), Some(mut inner), Some(mut tap)) =
+                (self.scanner.take(), self.inner.take(), self.tap.take())
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let idle = self.idle;
+            rt.spawn(async move {
+                use http_body_util::BodyExt;
+                while let Ok(Some(Ok(frame))) = tokio::time::timeout(idle, inner.frame()).await {
+                    if let Ok(data) = frame.into_data() {
+                        scanner.push(data, &mut tap.usage);
+                    }
+                }
+                scanner.finish(&mut tap.usage);
+            });
+            return;
+        }
+        if let (Some(s), Some(t)) = (self.scanner.as_mut(), self.tap.as_mut()) {
+            s.finish(&mut t.usage);
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -424,27 +529,81 @@ impl http_body::Body for SlotBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                self.deadline.reset(std::time::Instant::now() + self.idle);
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+        loop {
+            if self.ended {
+                return Poll::Ready(self.held.take().map(|b| Ok(Frame::data(b))));
             }
-            Poll::Pending => match Pin::new(&mut self.deadline).poll(cx) {
-                Poll::Ready(()) => {
-                    let idle = self.idle;
-                    Poll::Ready(Some(Err(Box::new(IdleTimeout(idle)))))
+            let this = &mut *self;
+            let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
+            match Pin::new(inner).poll_frame(cx) {
+                Poll::Ready(frame) => {
+                    this.deadline.reset(std::time::Instant::now() + this.idle);
+                    let mut spare = crate::openai::Usage::default();
+                    let usage = this.tap.as_mut().map(|t| &mut t.usage).unwrap_or(&mut spare);
+                    let out = match frame {
+                        None => {
+                            this.ended = true;
+                            if let Some(scanner) = this.scanner.as_mut() {
+                                let rest = scanner.finish(usage);
+                                this.held = (!rest.is_empty()).then_some(rest);
+                            }
+                            // Recorded now: the client has everything but the held tail.
+                            drop(this.tap.take());
+                            continue;
+                        }
+                        Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                        Some(Ok(f)) => match f.into_data() {
+                            Err(f) => return Poll::Ready(Some(Ok(f))),
+                            Ok(data) => match this.scanner.as_mut() {
+                                Some(scanner) => scanner.push(data, usage),
+                                None => data,
+                            },
+                        },
+                    };
+                    // hyper stops polling a body whose declared length is sent, without waiting
+                    // for its end: end it here so usage is recorded when the response is.
+                    if this.inner.as_ref().is_none_or(http_body::Body::is_end_stream) {
+                        this.ended = true;
+                        let mut spare = crate::openai::Usage::default();
+                        let usage = this.tap.as_mut().map(|t| &mut t.usage).unwrap_or(&mut spare);
+                        let rest = this.scanner.as_mut().map(|s| s.finish(usage)).unwrap_or_default();
+                        drop(this.tap.take());
+                        let out = if rest.is_empty() { out } else { [out, rest].concat().into() };
+                        if out.is_empty() {
+                            return Poll::Ready(None);
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(out))));
+                    }
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(out))));
+                    }
+                    // Everything was held (an unfinished event): read on.
                 }
-                Poll::Pending => Poll::Pending,
-            },
+                Poll::Pending => {
+                    return match Pin::new(&mut this.deadline).poll(cx) {
+                        Poll::Ready(()) => {
+                            let idle = this.idle;
+                            Poll::Ready(Some(Err(Box::new(IdleTimeout(idle)))))
+                        }
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.ended && self.held.is_none()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        if matches!(self.scanner, Some(crate::openai::Scanner::Sse { strip: true, .. })) {
+            return http_body::SizeHint::default();
+        }
+        if self.ended {
+            return http_body::SizeHint::with_exact(self.held.as_ref().map_or(0, |b| b.len() as u64));
+        }
+        self.inner.as_ref().map(http_body::Body::size_hint).unwrap_or_default()
     }
 }
 
@@ -509,7 +668,7 @@ async fn forward(
     app: &AppState,
     route: &Arc<Route>,
     mut parts: axum::http::request::Parts,
-    body: Body,
+    mut body: Body,
     meta: &portcullis_guard::RequestMeta,
     tenant: &TenantCell,
     conn: Option<&ConnUpstreams>,
@@ -550,6 +709,41 @@ async fn forward(
         app.guard.record(e).await?;
         return Err(policy_denied(&decision));
     }
+    let started = std::time::Instant::now();
+    // `openai` routes: read the request (model, token cap, streaming), hold it to the tenant's
+    // per-request token cap, and ask a streaming upstream for usage.
+    let mut openai_req = None;
+    if route.cfg.kind == RouteKind::Openai {
+        let bytes = match http_body_util::BodyExt::collect(body).await {
+            Ok(c) => c.to_bytes(),
+            Err(_) => return Err(ApiError::PayloadTooLarge),
+        };
+        let (bytes, info) = crate::openai::inspect_request(bytes);
+        if let (Some(asked), Some(t)) = (info.max_tokens, grant.principal.tenant_id.as_ref())
+            && let Some(limits) = app.guard.effective_limits(t).await?
+            && asked > limits.max_tokens_per_request
+        {
+            let mut e = app.guard.event_for(&grant, meta, &route.cfg.action, AuditResult::Denied);
+            e.resource_type = Some(String::from("route"));
+            e.resource_id = Some(route.cfg.prefix.clone());
+            e.reason = Some(String::from("limit:max_tokens"));
+            e.with_meta("max_tokens", serde_json::Value::from(asked))
+                .with_meta("limit", serde_json::Value::from(limits.max_tokens_per_request))
+                .with_meta("model", serde_json::json!(info.model));
+            app.guard.record(e).await?;
+            return Err(ApiError::BadRequest(format!(
+                "max_tokens {asked} exceeds this tenant's limit of {} tokens per request",
+                limits.max_tokens_per_request
+            )));
+        }
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        parts.headers.remove(header::TRANSFER_ENCODING);
+        // Usage is read from the body: ask for it uncompressed.
+        parts.headers.remove(header::ACCEPT_ENCODING);
+        body = Body::from(bytes);
+        openai_req = Some(info);
+    }
     let admission = match app.guard.admit(&grant.principal, &route.cfg.prefix, route.cfg.rate_per_minute, true).await? {
         Ok(a) => a,
         Err(rejection) => {
@@ -566,6 +760,61 @@ async fn forward(
             return Err(ApiError::Limited(rejection));
         }
     };
+    // Budgets: reserve the most this request can cost (every prompt byte a token, the full
+    // completion cap) before anything reaches the upstream; the response's end settles it.
+    let mut budget: Option<BudgetHold> = None;
+    let mut budget_warnings = Vec::new();
+    if let (Some(info), Some(tenant)) = (&openai_req, grant.principal.tenant_id.as_ref()) {
+        let profiles = app.guard.model_profiles(tenant).await?;
+        let profile = info.model.as_ref().and_then(|m| profiles.iter().find(|p| p.model == *m));
+        let (in_price, out_price) =
+            profile.map(|p| (p.input_price_micros_per_1k, p.output_price_micros_per_1k)).unwrap_or((0, 0));
+        let cap = match info.max_tokens {
+            Some(n) => n,
+            None => app.guard.effective_limits(tenant).await?.map(|l| l.max_tokens_per_request).unwrap_or(0),
+        };
+        let most = portcullis_guard::usage::cost_nanos_u64(in_price, out_price, info.body_len, cap);
+        match app.guard.reserve_budget(tenant, most).await? {
+            BudgetOutcome::Unbudgeted => {}
+            BudgetOutcome::Reserved(r) => {
+                for w in r.windows.iter().filter(|w| w.at_warning()) {
+                    budget_warnings.push(format!(
+                        "{}={}%",
+                        w.kind,
+                        i128::from(w.used_nanos) * 100 / i128::from(w.limit_nanos.max(1))
+                    ));
+                    if w.first_warning {
+                        let mut e = app.guard.event_for(&grant, meta, "budget.warning", AuditResult::Success);
+                        e.resource_type = Some(String::from("budget"));
+                        e.resource_id = Some(format!("{}:{}", w.kind, w.id));
+                        e.with_meta("window", serde_json::Value::from(w.kind))
+                            .with_meta("used_usd", serde_json::json!(w.used_nanos as f64 / 1e9))
+                            .with_meta("limit_usd", serde_json::json!(w.limit_nanos as f64 / 1e9));
+                        app.guard.record(e).await?;
+                    }
+                }
+                budget = Some(BudgetHold { reservation: r, in_price, out_price, guard: app.guard.clone() });
+            }
+            BudgetOutcome::Exceeded(x) => {
+                let mut e = app.guard.event_for(&grant, meta, &route.cfg.action, AuditResult::Denied);
+                e.resource_type = Some(String::from("route"));
+                e.resource_id = Some(route.cfg.prefix.clone());
+                e.reason = Some(format!("budget:{}", x.window.kind));
+                e.with_meta("window_id", serde_json::Value::from(x.window.id.clone()))
+                    .with_meta("limit_usd", serde_json::json!(x.window.limit_nanos as f64 / 1e9))
+                    .with_meta("used_usd", serde_json::json!(x.used_nanos as f64 / 1e9))
+                    .with_meta("request_max_usd", serde_json::json!(x.amount_nanos as f64 / 1e9))
+                    .with_meta("model", serde_json::json!(info.model));
+                app.guard.record(e).await?;
+                return Err(ApiError::Budget(x));
+            }
+            BudgetOutcome::Unavailable => {
+                return Err(ApiError::Unavailable(String::from(
+                    "budgets cannot be checked (the shared limiter is unavailable and fails closed)",
+                )));
+            }
+        }
+    }
     let mut e = app.guard.event_for(&grant, meta, &route.cfg.action, AuditResult::Success);
     e.resource_type = Some(String::from("route"));
     e.resource_id = Some(route.cfg.prefix.clone());
@@ -573,6 +822,10 @@ async fn forward(
         m.insert(String::from("method"), serde_json::Value::from(parts.method.as_str()));
         m.insert(String::from("path"), serde_json::Value::from(parts.uri.path()));
         m.insert(String::from("policies"), serde_json::json!(decision.policies));
+        if let Some(info) = &openai_req {
+            m.insert(String::from("model"), serde_json::json!(info.model));
+            m.insert(String::from("stream"), serde_json::Value::Bool(info.stream));
+        }
     }
     app.guard.record(e).await?;
 
@@ -613,10 +866,27 @@ async fn forward(
     parts.version = axum::http::Version::HTTP_11;
     let upstream_req = axum::http::Request::from_parts(parts, body);
     let timeout = Duration::from_secs(route.cfg.timeout_secs);
+    // Taken by whichever ends the request: the upstream failure or the response body.
+    let budget = std::sync::Mutex::new(budget);
+    let tap = |status: u16| {
+        grant.principal.tenant_id.clone().map(|tenant| UsageTap {
+            budget: budget.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take(),
+            unmetered_nanos: 0,
+            guard: app.guard.clone(),
+            tenant,
+            principal: grant.principal.id.clone(),
+            route: route.cfg.prefix.clone(),
+            request_model: openai_req.as_ref().and_then(|i| i.model.clone()),
+            status,
+            started,
+            usage: crate::openai::Usage::default(),
+        })
+    };
     let failed = |e: ApiError| {
         // The request used its rate; say so on the gateway's own error too.
         let mut r = e.into_response();
         rate_headers(r.headers_mut(), &admission.rate);
+        drop(tap(r.status().as_u16()));
         Ok(r)
     };
     let sent = tokio::select! {
@@ -633,13 +903,30 @@ async fn forward(
     let (mut rparts, rbody) = res.into_parts();
     strip_response_headers(&mut rparts.headers);
     rate_headers(&mut rparts.headers, &admission.rate);
+    if !budget_warnings.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&budget_warnings.join(", "))
+    {
+        rparts.headers.insert(X_PORTCULLIS_BUDGET_WARNING.clone(), v);
+    }
     rparts.extensions.insert(Proxied);
     let in_flight = grant.principal.tenant_id.as_ref().map(|t| InFlight::start(&app.tenant_labels, t.as_str()));
     let idle = Duration::from_secs(route.cfg.idle_timeout_secs);
+    let scanner = openai_req.as_ref().map(|info| {
+        let ct = rparts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        crate::openai::Scanner::for_response(ct, info.usage_requested_by_gateway)
+    });
+    if scanner.as_ref().is_some_and(|s| matches!(s, crate::openai::Scanner::Sse { strip: true, .. })) {
+        // The gateway takes its usage chunk out of the stream: the length changes.
+        rparts.headers.remove(header::CONTENT_LENGTH);
+    }
     let body = Body::new(SlotBody {
-        inner: rbody,
+        inner: Some(rbody),
         idle,
         deadline: crate::timer::CoarseSleep::after(idle),
+        scanner,
+        tap: tap(rparts.status.as_u16()),
+        held: None,
+        ended: false,
         _slot: admission.slot,
         _in_flight: in_flight,
     });

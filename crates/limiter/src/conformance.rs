@@ -134,6 +134,102 @@ async fn redis_a_lowered_rate_holds_at_once() {
     assert_eq!(lim.admit(&req("t1", &lowered, false)).await.err().map(|r| r.kind), Some(LimitKind::Tenant));
 }
 
+fn windows(daily: i64, monthly: i64, baseline: Option<i64>) -> Vec<BudgetWindow> {
+    vec![
+        BudgetWindow {
+            kind: "daily",
+            id: String::from("2025-11-24"),
+            limit_nanos: daily,
+            reset_ms: 1_764_028_800_000,
+            baseline_nanos: baseline,
+        },
+        BudgetWindow {
+            kind: "monthly",
+            id: String::from("2025-11"),
+            limit_nanos: monthly,
+            reset_ms: 1_764_547_200_000,
+            baseline_nanos: None,
+        },
+    ]
+}
+
+fn budget_req<'a>(tenant: &'a str, w: &'a [BudgetWindow], amount: i64) -> BudgetRequest<'a> {
+    BudgetRequest { tenant, windows: w, amount_nanos: amount, now_ms: 1_764_000_000_000 }
+}
+
+async fn budgets_reserve_then_settle(lim: &dyn Limiter) {
+    let w = windows(1_000, 10_000, None);
+    // Reservations count as spent: 3 × 300 fit, a fourth does not.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(lim.reserve_budget(&budget_req("b1", &w, 300)).await.unwrap().unwrap());
+    }
+    let over = lim.reserve_budget(&budget_req("b1", &w, 300)).await.unwrap().unwrap_err();
+    assert_eq!((over.window.kind, over.used_nanos), ("daily", 900));
+    // Settling below the reservation gives the rest back.
+    lim.settle_budget(&held[0], 100).await;
+    let r = lim.reserve_budget(&budget_req("b1", &w, 300)).await.unwrap().unwrap();
+    assert_eq!(r.windows[0].used_nanos, 100 + 300 + 300 + 300);
+    // The first reservation at or past 90 % (the third: 900 of 1 000) says so, once per window.
+    let firsts: Vec<bool> = held.iter().map(|h| h.windows[0].first_warning).collect();
+    assert_eq!(firsts, [false, false, true]);
+    assert!(r.windows[0].at_warning() && !r.windows[0].first_warning, "{r:?}");
+    lim.settle_budget(&r, 0).await;
+    // 100 spent + 2 × 300 held + 200 = 900: at 90 % again, but the warning was given.
+    let again = lim.reserve_budget(&budget_req("b1", &w, 200)).await.unwrap().unwrap();
+    assert_eq!(again.windows[0].used_nanos, 900);
+    assert!(again.windows[0].at_warning() && !again.windows[0].first_warning, "{again:?}");
+    assert!(!again.windows[1].at_warning());
+    // Another tenant is untouched; a baseline counts when the window is new.
+    let fresh = windows(1_000, 10_000, Some(950));
+    assert_eq!(lim.reserve_budget(&budget_req("b2", &fresh, 100)).await.unwrap().unwrap_err().used_nanos, 950);
+    let r = lim.reserve_budget(&budget_req("b3", &w, 1_000)).await.unwrap().unwrap();
+    assert_eq!(r.windows[0].used_nanos, 1_000);
+}
+
+async fn budgets_are_never_overrun_by_a_burst(lim: &dyn Limiter) {
+    // 200 concurrent reservations of 7 against 700: exactly 100 fit, settled or not.
+    let w = windows(700, 1_000_000, None);
+    let attempts = (0..200).map(|i| {
+        let w = &w;
+        async move {
+            match lim.reserve_budget(&budget_req("burst", w, 7)).await.unwrap() {
+                Ok(r) => {
+                    if i % 2 == 0 {
+                        lim.settle_budget(&r, 7).await;
+                    }
+                    true
+                }
+                Err(_) => false,
+            }
+        }
+    });
+    let admitted = futures_join_all(attempts).await.into_iter().filter(|ok| *ok).count();
+    assert_eq!(admitted, 100);
+}
+
+/// Runs the futures concurrently on this task (they interleave at every Redis round trip).
+async fn futures_join_all<F: std::future::Future<Output = bool>>(fs: impl Iterator<Item = F>) -> Vec<bool> {
+    let mut set = Vec::new();
+    for f in fs {
+        set.push(Box::pin(f));
+    }
+    let mut out = vec![false; set.len()];
+    let mut pending: Vec<usize> = (0..set.len()).collect();
+    std::future::poll_fn(|cx| {
+        pending.retain(|&i| match set[i].as_mut().poll(cx) {
+            std::task::Poll::Ready(v) => {
+                out[i] = v;
+                false
+            }
+            std::task::Poll::Pending => true,
+        });
+        if pending.is_empty() { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+    })
+    .await;
+    out
+}
+
 macro_rules! conformance {
     ($($name:ident),*) => {
         mod local_backend {
@@ -170,7 +266,9 @@ conformance!(
     rate_admits_exactly_the_limit,
     slots_come_back_when_released,
     daily_quota_counts_admitted_requests,
-    a_raised_rate_applies_at_once
+    a_raised_rate_applies_at_once,
+    budgets_reserve_then_settle,
+    budgets_are_never_overrun_by_a_burst
 );
 
 /// Three instances sharing one Redis and one limit, hammered concurrently: exactly the limit is

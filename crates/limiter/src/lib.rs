@@ -8,6 +8,7 @@
 //! is unreachable or too slow.
 #![forbid(unsafe_code)]
 
+pub mod budget;
 pub mod local;
 pub mod redis;
 pub mod shared;
@@ -121,9 +122,22 @@ pub struct Degraded {
     pub since_ms: i64,
 }
 
+pub use budget::{BudgetExceeded, BudgetRequest, BudgetWindow, Reservation, WindowUse};
+
+/// The budget store could not decide (Redis unreachable with the fail mode `fail_closed`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BudgetUnavailable;
+
 #[async_trait]
 pub trait Limiter: Send + Sync + 'static {
     async fn admit(&self, req: &LimitRequest<'_>) -> Result<Admission, Rejection>;
+    /// Reserves `amount_nanos` in every window, or in none (see [`budget`]).
+    async fn reserve_budget(
+        &self,
+        req: &BudgetRequest<'_>,
+    ) -> Result<Result<Reservation, BudgetExceeded>, BudgetUnavailable>;
+    /// Settles a reservation at the real cost, giving the rest back.
+    async fn settle_budget(&self, r: &Reservation, actual_nanos: i64);
     /// In-flight proxied requests per tenant held by this process.
     fn in_flight(&self, tenant: &str) -> u32;
     fn health(&self) -> LimiterHealth {

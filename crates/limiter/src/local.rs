@@ -41,6 +41,7 @@ pub struct LocalLimiter {
     pools: DashMap<String, Pool>,
     days: DashMap<String, Day>,
     clock: DefaultClock,
+    budgets: crate::budget::LocalBudgets,
 }
 
 enum Period {
@@ -86,6 +87,17 @@ impl LocalLimiter {
 
 #[async_trait]
 impl Limiter for LocalLimiter {
+    async fn reserve_budget(
+        &self,
+        req: &BudgetRequest<'_>,
+    ) -> Result<Result<Reservation, BudgetExceeded>, BudgetUnavailable> {
+        Ok(self.budgets.reserve(req))
+    }
+
+    async fn settle_budget(&self, r: &Reservation, actual_nanos: i64) {
+        self.budgets.settle(r, actual_nanos);
+    }
+
     async fn admit(&self, req: &LimitRequest<'_>) -> Result<Admission, Rejection> {
         let l = req.limits;
         let tenant_rate = self.bucket(format!("t:{}", req.tenant), l.tenant_per_minute, Period::Minute);

@@ -237,6 +237,49 @@ pub struct RedisSettings {
     pub lease: Duration,
 }
 
+/// Budget reservation over N windows, all or none. KEYS: per window `spent`, `reserved`,
+/// `warned`. ARGV: amount, N, then per window limit, ttl_ms, baseline (-1: none). Returns
+/// `{0, window index (0-based), used}` when a window cannot take the amount, else
+/// `{1, used_1, first_warning_1, …}`. Values are integer nano-USD (exact below 2^53).
+const RESERVE: &str = r#"
+local amount = tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
+for i = 0, n - 1 do
+  local limit = tonumber(ARGV[3 + i * 3])
+  local ttl = tonumber(ARGV[4 + i * 3])
+  local base = tonumber(ARGV[5 + i * 3])
+  if base >= 0 then redis.call('SET', KEYS[1 + i * 3], base, 'NX', 'PX', ttl) end
+  local used = tonumber(redis.call('GET', KEYS[1 + i * 3]) or '0') + tonumber(redis.call('GET', KEYS[2 + i * 3]) or '0')
+  if used + amount > limit then return {0, i, used} end
+end
+local out = {1}
+for i = 0, n - 1 do
+  local limit = tonumber(ARGV[3 + i * 3])
+  local ttl = tonumber(ARGV[4 + i * 3])
+  local reserved = redis.call('INCRBY', KEYS[2 + i * 3], amount)
+  redis.call('PEXPIRE', KEYS[2 + i * 3], ttl)
+  local used = tonumber(redis.call('GET', KEYS[1 + i * 3]) or '0') + reserved
+  local first = 0
+  if used * 10 >= limit * 9 then
+    if redis.call('SET', KEYS[3 + i * 3], '1', 'NX', 'PX', ttl) then first = 1 end
+  end
+  table.insert(out, used)
+  table.insert(out, first)
+end
+return out
+"#;
+
+/// Settles a reservation. KEYS: per window `spent`, `reserved`. ARGV: amount, actual, ttl_ms.
+const SETTLE: &str = r#"
+for i = 1, #KEYS, 2 do
+  redis.call('DECRBY', KEYS[i + 1], ARGV[1])
+  redis.call('INCRBY', KEYS[i], ARGV[2])
+  redis.call('PEXPIRE', KEYS[i], ARGV[3])
+  redis.call('PEXPIRE', KEYS[i + 1], ARGV[3])
+end
+return 1
+"#;
+
 pub struct RedisLimiter {
     client: ::redis::Client,
     config: ConnectionManagerConfig,
@@ -249,6 +292,8 @@ pub struct RedisLimiter {
     prefix: String,
     admit: Arc<::redis::Script>,
     renew: Arc<::redis::Script>,
+    reserve: Arc<::redis::Script>,
+    settle: Arc<::redis::Script>,
     lease: Duration,
     timeout: Duration,
     /// Random per process: lease ids must be unique across hosts (process ids are not: every
@@ -299,6 +344,8 @@ impl RedisLimiter {
             prefix: s.prefix.clone(),
             admit: Arc::new(::redis::Script::new(ADMIT)),
             renew: Arc::new(::redis::Script::new(RENEW)),
+            reserve: Arc::new(::redis::Script::new(RESERVE)),
+            settle: Arc::new(::redis::Script::new(SETTLE)),
             lease: s.lease,
             timeout: s.timeout,
             instance: random.iter().map(|b| format!("{b:02x}")).collect(),
@@ -406,6 +453,72 @@ impl RedisLimiter {
         let secs = reply.first().and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
         let micros = reply.get(1).and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
         self.learn_offset(secs * 1000 + micros / 1000, sent, received);
+        Ok(())
+    }
+
+    /// A window's keys outlive its end by a day (late settlements land in it, then it goes).
+    fn budget_ttl_ms(w_reset_ms: i64, now_ms: i64) -> i64 {
+        (w_reset_ms - now_ms).max(0) + 86_400_000
+    }
+
+    /// One budget reservation in one round trip; `Err` when Redis is unreachable or too slow.
+    pub async fn try_reserve(
+        &self,
+        req: &BudgetRequest<'_>,
+    ) -> Result<Result<Reservation, BudgetExceeded>, Unavailable> {
+        let mut inv = self.reserve.prepare_invoke();
+        inv.arg(req.amount_nanos).arg(req.windows.len());
+        for w in req.windows {
+            inv.key(self.key(&["budget", req.tenant, &w.id, "spent"]))
+                .key(self.key(&["budget", req.tenant, &w.id, "reserved"]))
+                .key(self.key(&["budget", req.tenant, &w.id, "warned"]))
+                .arg(w.limit_nanos)
+                .arg(Self::budget_ttl_ms(w.reset_ms, req.now_ms))
+                .arg(w.baseline_nanos.unwrap_or(-1));
+        }
+        let mut conn = self.conn()?;
+        let reply: Vec<i64> = tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn))
+            .await
+            .map_err(|_| Unavailable::Timeout)?
+            .map_err(|e| self.failed(e))?;
+        let at = |i: usize| reply.get(i).copied().unwrap_or(0);
+        if at(0) == 0 {
+            let i = usize::try_from(at(1)).unwrap_or(0);
+            let Some(w) = req.windows.get(i) else { return Err(Unavailable::Error(String::from("budget reply"))) };
+            return Ok(Err(BudgetExceeded { window: w.clone(), used_nanos: at(2), amount_nanos: req.amount_nanos }));
+        }
+        let windows = req
+            .windows
+            .iter()
+            .enumerate()
+            .map(|(i, w)| WindowUse {
+                kind: w.kind,
+                id: w.id.clone(),
+                used_nanos: at(1 + i * 2),
+                limit_nanos: w.limit_nanos,
+                reset_ms: w.reset_ms,
+                first_warning: at(2 + i * 2) == 1,
+            })
+            .collect();
+        Ok(Ok(Reservation { tenant: req.tenant.to_owned(), amount_nanos: req.amount_nanos, windows, local: false }))
+    }
+
+    /// Settles in one round trip; `Err` when Redis is unreachable or too slow (the reservation
+    /// then stays counted until its window ends: never an overrun).
+    pub async fn try_settle(&self, r: &Reservation, actual_nanos: i64) -> Result<(), Unavailable> {
+        let mut inv = self.settle.prepare_invoke();
+        let now = wall_ms();
+        let ttl = r.windows.iter().map(|w| Self::budget_ttl_ms(w.reset_ms, now)).max().unwrap_or(86_400_000);
+        for w in &r.windows {
+            inv.key(self.key(&["budget", &r.tenant, &w.id, "spent"]))
+                .key(self.key(&["budget", &r.tenant, &w.id, "reserved"]));
+        }
+        inv.arg(r.amount_nanos).arg(actual_nanos).arg(ttl);
+        let mut conn = self.conn()?;
+        let _: i64 = tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn))
+            .await
+            .map_err(|_| Unavailable::Timeout)?
+            .map_err(|e| self.failed(e))?;
         Ok(())
     }
 
@@ -592,6 +705,22 @@ impl Limiter for RedisLimiter {
                 tracing::error!(error = %e, "redis limiter unavailable; refusing");
                 Err(crate::shared::unavailable(req.limits))
             }
+        }
+    }
+
+    async fn reserve_budget(
+        &self,
+        req: &BudgetRequest<'_>,
+    ) -> Result<Result<Reservation, BudgetExceeded>, BudgetUnavailable> {
+        self.try_reserve(req).await.map_err(|e| {
+            tracing::error!(error = %e, "redis limiter unavailable; refusing budgeted request");
+            BudgetUnavailable
+        })
+    }
+
+    async fn settle_budget(&self, r: &Reservation, actual_nanos: i64) {
+        if let Err(e) = self.try_settle(r, actual_nanos).await {
+            tracing::warn!(error = %e, "budget settlement lost; the reservation stays counted until its window ends");
         }
     }
 

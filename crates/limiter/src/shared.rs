@@ -200,6 +200,34 @@ impl Limiter for SharedLimiter {
         i.fallback(req).await
     }
 
+    async fn reserve_budget(
+        &self,
+        req: &BudgetRequest<'_>,
+    ) -> Result<Result<Reservation, BudgetExceeded>, BudgetUnavailable> {
+        let i = &self.0;
+        if !i.degraded.load(Ordering::Acquire) {
+            match i.redis.try_reserve(req).await {
+                Ok(decision) => return Ok(decision),
+                Err(e) => i.degrade("reserve", &e),
+            }
+        }
+        metrics::counter!("portcullis_limiter_fallback_decisions_total", "mode" => i.mode.as_str()).increment(1);
+        match i.mode {
+            FailMode::FailClosed => Err(BudgetUnavailable),
+            // Per instance while Redis is away: each instance spends at most the whole budget
+            // (documented: the fail mode `local` trades exactness for availability).
+            FailMode::Local => i.fallback.reserve_budget(req).await,
+        }
+    }
+
+    async fn settle_budget(&self, r: &Reservation, actual_nanos: i64) {
+        if r.local {
+            self.0.fallback.settle_budget(r, actual_nanos).await;
+        } else if let Err(e) = self.0.redis.try_settle(r, actual_nanos).await {
+            tracing::warn!(error = %e, "budget settlement lost; the reservation stays counted until its window ends");
+        }
+    }
+
     fn in_flight(&self, tenant: &str) -> u32 {
         self.0.redis.held(tenant) + self.0.fallback.in_flight(tenant)
     }

@@ -49,6 +49,12 @@ pub enum TenantCmd {
         requests_per_day: Option<u64>,
         #[arg(long)]
         concurrency: Option<u32>,
+        /// Spend per UTC day on priced model traffic, in USD (e.g. 5 or 2.50).
+        #[arg(long)]
+        budget_usd_per_day: Option<f64>,
+        /// Spend per UTC calendar month, in USD.
+        #[arg(long)]
+        budget_usd_per_month: Option<f64>,
     },
 }
 
@@ -276,13 +282,27 @@ async fn tenant_on(o: &Opened, json: bool, cmd: TenantCmd) -> anyhow::Result<Exi
         }
         TenantCmd::Suspend { id } => set_status(o, json, &id, TenantStatus::Suspended).await?,
         TenantCmd::Resume { id } => set_status(o, json, &id, TenantStatus::Active).await?,
-        TenantCmd::Limits { id, rate_per_minute, requests_per_day, concurrency } => {
+        TenantCmd::Limits {
+            id,
+            rate_per_minute,
+            requests_per_day,
+            concurrency,
+            budget_usd_per_day,
+            budget_usd_per_month,
+        } => {
             let t = g.store().get_tenant(&tenant_id(&id)?).await?.ok_or_else(|| anyhow!("no tenant `{id}`"))?;
-            if rate_per_minute.is_some() || requests_per_day.is_some() || concurrency.is_some() {
+            if rate_per_minute.is_some()
+                || requests_per_day.is_some()
+                || concurrency.is_some()
+                || budget_usd_per_day.is_some()
+                || budget_usd_per_month.is_some()
+            {
                 let mut o = g.store().get_limits(&t.id).await?;
                 o.rate_per_minute = rate_per_minute.or(o.rate_per_minute);
                 o.requests_per_day = requests_per_day.or(o.requests_per_day);
                 o.concurrency = concurrency.or(o.concurrency);
+                o.budget_usd_per_day = budget_usd_per_day.or(o.budget_usd_per_day);
+                o.budget_usd_per_month = budget_usd_per_month.or(o.budget_usd_per_month);
                 g.set_limits(&grant(None), &meta(), &t, &o).await?;
             }
             let effective = g.effective_limits(&t.id).await?.ok_or_else(|| anyhow!("no tenant `{id}`"))?;

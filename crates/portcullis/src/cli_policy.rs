@@ -152,7 +152,7 @@ pub async fn policy(cfg: Config, json: bool, cmd: PolicyCmd) -> anyhow::Result<E
     finish(o, result).await
 }
 
-async fn scope_of(o: &crate::runtime::Opened, tenant: &str) -> anyhow::Result<TenantScope> {
+pub(crate) async fn scope_of(o: &crate::runtime::Opened, tenant: &str) -> anyhow::Result<TenantScope> {
     let t = tenant_id(tenant)?;
     if o.guard.store().get_tenant(&t).await?.is_none() {
         bail!("no tenant `{t}`");

@@ -3,6 +3,7 @@
 
 mod cli;
 mod cli_policy;
+mod cli_profile;
 mod config;
 mod runtime;
 mod serve;
@@ -79,6 +80,9 @@ enum Command {
     /// Tenant Cedar policies: check a file, create, update, delete, list, versions, schema.
     #[command(subcommand)]
     Policy(cli_policy::PolicyCmd),
+    /// Model profiles: per role and deployment mode, the model, base URL, temperature and prices.
+    #[command(subcommand)]
+    ModelProfile(cli_profile::ProfileCmd),
 }
 
 fn main() -> ExitCode {
@@ -106,6 +110,7 @@ fn main() -> ExitCode {
             Command::Key(c) => cli::key(cfg, args.json, c).await,
             Command::Audit(c) => cli::audit(cfg, args.json, c).await,
             Command::Policy(c) => cli_policy::policy(cfg, args.json, c).await,
+            Command::ModelProfile(c) => cli_profile::profile(cfg, args.json, c).await,
         }
     });
     match result {

@@ -197,6 +197,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("server task failed: {e}"))??;
     guard.flush_usage().await;
+    if let Err(e) = guard.flush_usage_ledger().await {
+        tracing::warn!(error = %e, "usage of the last second could not be written at stop");
+    }
     // The final signed checkpoint must be written before the process exits.
     guard.audit_log().shutdown().await;
     drop(lock);

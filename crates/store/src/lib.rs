@@ -131,6 +131,23 @@ pub trait Store: Send + Sync + 'static {
     /// The policy's history, oldest first (also after it was deleted); empty when unknown.
     async fn policy_versions(&self, scope: &TenantScope, id: &str) -> Result<Vec<PolicyVersion>>;
 
+    // Model profiles. Every write records a `model_profiles` change (entity id: the tenant).
+    /// Ordered by role, then deployment mode.
+    async fn list_model_profiles(&self, scope: &TenantScope) -> Result<Vec<ModelProfile>>;
+    async fn get_model_profile(&self, scope: &TenantScope, id: &str) -> Result<Option<ModelProfile>>;
+    /// [`StoreError::Conflict`] when the tenant already has a profile for that role and mode.
+    async fn create_model_profile(&self, scope: &TenantScope, p: &ModelProfile) -> Result<()>;
+    /// Replaces every field but id, tenant and creation. False when not found in scope.
+    async fn update_model_profile(&self, scope: &TenantScope, p: &ModelProfile) -> Result<bool>;
+    async fn delete_model_profile(&self, scope: &TenantScope, id: &str, now_ms: i64) -> Result<bool>;
+
+    // Usage: counters added to, never overwritten, so several instances may add to one row.
+    /// Adds each row's counters to the stored row of the same key (creating it). Rows may belong
+    /// to several tenants; each is written in its own tenant's scope.
+    async fn add_usage(&self, rows: &[UsageRow]) -> Result<()>;
+    /// The tenant's rows with `from_day <= day <= to_day`.
+    async fn usage(&self, scope: &TenantScope, from_day: &str, to_day: &str) -> Result<Vec<UsageRow>>;
+
     // Change feed: how caches in this and other processes learn of revocations.
     async fn changes_since(&self, seq: i64, limit: u32) -> Result<Vec<Change>>;
     async fn latest_change_seq(&self) -> Result<i64>;

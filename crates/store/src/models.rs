@@ -96,6 +96,8 @@ pub enum ChangeKind {
     UpstreamCredential,
     /// Entity id: the tenant whose policy set changed.
     Policies,
+    /// Entity id: the tenant whose model profiles (prices) changed.
+    ModelProfiles,
 }
 
 impl ChangeKind {
@@ -109,6 +111,7 @@ impl ChangeKind {
             ChangeKind::IpRules => "ip_rules",
             ChangeKind::UpstreamCredential => "upstream_credential",
             ChangeKind::Policies => "policies",
+            ChangeKind::ModelProfiles => "model_profiles",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -121,6 +124,7 @@ impl ChangeKind {
             "ip_rules" => Some(ChangeKind::IpRules),
             "upstream_credential" => Some(ChangeKind::UpstreamCredential),
             "policies" => Some(ChangeKind::Policies),
+            "model_profiles" => Some(ChangeKind::ModelProfiles),
             _ => None,
         }
     }
@@ -218,4 +222,49 @@ pub struct PolicyVersion {
     pub change: String,
     pub changed_at_ms: i64,
     pub changed_by: String,
+}
+
+/// How a tenant runs one model for one role: where, how, and at what price.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelProfile {
+    /// `mp_` followed by 32 hex digits.
+    pub id: String,
+    pub tenant_id: TenantId,
+    /// What the model is for, e.g. `chat`, `planner`, `summariser`.
+    pub role: String,
+    /// e.g. `realtime`, `batch`, `self-hosted`. Unique with `role` within the tenant.
+    pub deployment_mode: String,
+    /// The model name as requests and responses carry it (`model` field).
+    pub model: String,
+    pub base_url: String,
+    pub temperature: f64,
+    /// Price in micro-USD per 1 000 tokens (= nano-USD per token).
+    pub input_price_micros_per_1k: i64,
+    pub output_price_micros_per_1k: i64,
+    pub created_at_ms: i64,
+    pub created_by: String,
+    pub updated_at_ms: i64,
+    pub updated_by: String,
+}
+
+/// Usage to add to one (tenant, day, caller, model, route) row.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UsageRow {
+    pub tenant_id: String,
+    /// `YYYY-MM-DD` (UTC).
+    pub day: String,
+    /// The caller as the audit log names it (`key:…`, `user:…`, `jwt:…`).
+    pub principal_id: String,
+    /// Empty when the request named none.
+    pub model: String,
+    pub route: String,
+    pub requests: i64,
+    pub status_2xx: i64,
+    pub status_4xx: i64,
+    pub status_5xx: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub latency_ms_sum: i64,
+    /// Nano-USD.
+    pub cost_nanos: i64,
 }

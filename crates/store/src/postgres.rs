@@ -344,6 +344,65 @@ CREATE POLICY tenant_rows ON policy_versions FOR ALL
     WITH CHECK (tenant_id = nullif(current_setting('app.tenant_id', true), ''));
 "#,
     ),
+    (
+        3,
+        // Model profiles (prices in micro-USD per 1 000 tokens, i.e. nano-USD per token) and
+        // usage per tenant, day, caller, model and route (costs in nano-USD).
+        r#"
+CREATE TABLE model_profiles (
+    id TEXT COLLATE "C" PRIMARY KEY,
+    tenant_id TEXT COLLATE "C" NOT NULL REFERENCES tenants(id),
+    role TEXT COLLATE "C" NOT NULL,
+    deployment_mode TEXT COLLATE "C" NOT NULL,
+    model TEXT COLLATE "C" NOT NULL,
+    base_url TEXT NOT NULL,
+    temperature DOUBLE PRECISION NOT NULL,
+    input_price_micros_per_1k BIGINT NOT NULL,
+    output_price_micros_per_1k BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    created_by TEXT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    updated_by TEXT NOT NULL,
+    UNIQUE (tenant_id, role, deployment_mode)
+);
+CREATE TABLE usage_daily (
+    tenant_id TEXT COLLATE "C" NOT NULL REFERENCES tenants(id),
+    day TEXT COLLATE "C" NOT NULL,
+    principal_id TEXT COLLATE "C" NOT NULL,
+    model TEXT COLLATE "C" NOT NULL,
+    route TEXT COLLATE "C" NOT NULL,
+    requests BIGINT NOT NULL,
+    status_2xx BIGINT NOT NULL,
+    status_4xx BIGINT NOT NULL,
+    status_5xx BIGINT NOT NULL,
+    input_tokens BIGINT NOT NULL,
+    output_tokens BIGINT NOT NULL,
+    latency_ms_sum BIGINT NOT NULL,
+    cost_nanos BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, day, principal_id, model, route)
+);
+
+ALTER TABLE model_profiles ENABLE ROW LEVEL SECURITY;
+ALTER TABLE model_profiles FORCE ROW LEVEL SECURITY;
+ALTER TABLE usage_daily ENABLE ROW LEVEL SECURITY;
+ALTER TABLE usage_daily FORCE ROW LEVEL SECURITY;
+
+CREATE POLICY tenant_rows ON model_profiles FOR ALL
+    USING (tenant_id = nullif(current_setting('app.tenant_id', true), ''))
+    WITH CHECK (tenant_id = nullif(current_setting('app.tenant_id', true), ''));
+CREATE POLICY tenant_rows ON usage_daily FOR ALL
+    USING (tenant_id = nullif(current_setting('app.tenant_id', true), ''))
+    WITH CHECK (tenant_id = nullif(current_setting('app.tenant_id', true), ''));
+"#,
+    ),
+    (
+        4,
+        // Budgets per tenant, nano-USD.
+        r#"
+ALTER TABLE tenant_limits ADD COLUMN budget_daily_nanos BIGINT NULL;
+ALTER TABLE tenant_limits ADD COLUMN budget_monthly_nanos BIGINT NULL;
+"#,
+    ),
 ];
 
 /// What the application role may do, table by table: exactly what the methods of this module
@@ -362,6 +421,8 @@ pub const APP_GRANTS: &[(&str, &str)] = &[
     ("upstream_credentials", "SELECT, INSERT, UPDATE, DELETE"),
     ("policies", "SELECT, INSERT, UPDATE, DELETE"),
     ("policy_versions", "SELECT, INSERT"),
+    ("model_profiles", "SELECT, INSERT, UPDATE, DELETE"),
+    ("usage_daily", "SELECT, INSERT, UPDATE"),
     ("audit_events", "SELECT, INSERT"),
     ("audit_heads", "SELECT, INSERT, UPDATE"),
     ("audit_checkpoints", "SELECT, INSERT"),
@@ -853,6 +914,56 @@ fn credential_from(row: &PgRow) -> Result<UpstreamCredential> {
     })
 }
 
+fn model_profile_from(row: &PgRow) -> Result<ModelProfile> {
+    let tenant: String = row.try_get("tenant_id")?;
+    Ok(ModelProfile {
+        id: row.try_get("id")?,
+        tenant_id: TenantId::parse(&tenant).map_err(|_| corrupt("tenant id", &tenant))?,
+        role: row.try_get("role")?,
+        deployment_mode: row.try_get("deployment_mode")?,
+        model: row.try_get("model")?,
+        base_url: row.try_get("base_url")?,
+        temperature: row.try_get("temperature")?,
+        input_price_micros_per_1k: row.try_get("input_price_micros_per_1k")?,
+        output_price_micros_per_1k: row.try_get("output_price_micros_per_1k")?,
+        created_at_ms: row.try_get("created_at")?,
+        created_by: row.try_get("created_by")?,
+        updated_at_ms: row.try_get("updated_at")?,
+        updated_by: row.try_get("updated_by")?,
+    })
+}
+
+fn usage_from(row: &PgRow) -> Result<UsageRow> {
+    Ok(UsageRow {
+        tenant_id: row.try_get("tenant_id")?,
+        day: row.try_get("day")?,
+        principal_id: row.try_get("principal_id")?,
+        model: row.try_get("model")?,
+        route: row.try_get("route")?,
+        requests: row.try_get("requests")?,
+        status_2xx: row.try_get("status_2xx")?,
+        status_4xx: row.try_get("status_4xx")?,
+        status_5xx: row.try_get("status_5xx")?,
+        input_tokens: row.try_get("input_tokens")?,
+        output_tokens: row.try_get("output_tokens")?,
+        latency_ms_sum: row.try_get("latency_ms_sum")?,
+        cost_nanos: row.try_get("cost_nanos")?,
+    })
+}
+
+fn profile_conflict(p: &ModelProfile) -> impl Fn(StoreError) -> StoreError + '_ {
+    move |e| match e {
+        StoreError::Conflict(_) => {
+            StoreError::Conflict(format!("a model profile for role `{}` in mode `{}`", p.role, p.deployment_mode))
+        }
+        other => other,
+    }
+}
+
+fn profile_has_nul(p: &ModelProfile) -> bool {
+    [&p.id, &p.role, &p.deployment_mode, &p.model, &p.base_url, &p.created_by, &p.updated_by].iter().any(|s| has_nul(s))
+}
+
 fn policy_from(row: &PgRow) -> Result<PolicyRecord> {
     let tenant: String = row.try_get("tenant_id")?;
     Ok(PolicyRecord {
@@ -1303,7 +1414,7 @@ impl Store for PgStore {
     async fn get_limits(&self, tenant: &TenantId) -> Result<LimitOverrides> {
         let mut tx = tenant_tx(&self.pool, tenant.as_str()).await?;
         let row = sqlx::query(
-            "SELECT rate_per_minute, requests_per_day, concurrency FROM tenant_limits WHERE tenant_id = $1",
+            "SELECT rate_per_minute, requests_per_day, concurrency, budget_daily_nanos, budget_monthly_nanos FROM tenant_limits WHERE tenant_id = $1",
         )
         .bind(tenant.as_str())
         .fetch_optional(&mut *tx)
@@ -1315,20 +1426,27 @@ impl Store for PgStore {
             rate_per_minute: num("rate_per_minute")?.and_then(|v| u32::try_from(v).ok()),
             requests_per_day: num("requests_per_day")?.and_then(|v| u64::try_from(v).ok()),
             concurrency: num("concurrency")?.and_then(|v| u32::try_from(v).ok()),
+            budget_usd_per_day: num("budget_daily_nanos")?.map(|n| n as f64 / 1e9),
+            budget_usd_per_month: num("budget_monthly_nanos")?.map(|n| n as f64 / 1e9),
         })
     }
 
     async fn set_limits(&self, tenant: &TenantId, limits: &LimitOverrides, now_ms: i64) -> Result<()> {
         let mut tx = tenant_tx(&self.pool, tenant.as_str()).await?;
         sqlx::query(
-            "INSERT INTO tenant_limits (tenant_id, rate_per_minute, requests_per_day, concurrency, updated_at) VALUES ($1, $2, $3, $4, $5) \
+            "INSERT INTO tenant_limits (tenant_id, rate_per_minute, requests_per_day, concurrency, budget_daily_nanos, budget_monthly_nanos, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
              ON CONFLICT (tenant_id) DO UPDATE SET rate_per_minute = excluded.rate_per_minute, \
-             requests_per_day = excluded.requests_per_day, concurrency = excluded.concurrency, updated_at = excluded.updated_at",
+             requests_per_day = excluded.requests_per_day, concurrency = excluded.concurrency, \
+             budget_daily_nanos = excluded.budget_daily_nanos, budget_monthly_nanos = excluded.budget_monthly_nanos, \
+             updated_at = excluded.updated_at",
         )
         .bind(tenant.as_str())
         .bind(limits.rate_per_minute.map(i64::from))
         .bind(limits.requests_per_day.and_then(|v| i64::try_from(v).ok()))
         .bind(limits.concurrency.map(i64::from))
+        .bind(limits.budget_usd_per_day.and_then(portcullis_core::limits::usd_to_nanos))
+        .bind(limits.budget_usd_per_month.and_then(portcullis_core::limits::usd_to_nanos))
         .bind(now_ms)
         .execute(&mut *tx)
         .await
@@ -1576,6 +1694,183 @@ impl Store for PgStore {
         .await?;
         tx.commit().await?;
         rows.iter().map(policy_version_from).collect()
+    }
+
+    async fn list_model_profiles(&self, scope: &TenantScope) -> Result<Vec<ModelProfile>> {
+        let tenant = scope.tenant_id().as_str();
+        let mut tx = tenant_tx(&self.pool, tenant).await?;
+        let rows = sqlx::query("SELECT * FROM model_profiles WHERE tenant_id = $1 ORDER BY role, deployment_mode")
+            .bind(tenant)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        rows.iter().map(model_profile_from).collect()
+    }
+
+    async fn get_model_profile(&self, scope: &TenantScope, id: &str) -> Result<Option<ModelProfile>> {
+        if has_nul(id) {
+            return Ok(None);
+        }
+        let tenant = scope.tenant_id().as_str();
+        let mut tx = tenant_tx(&self.pool, tenant).await?;
+        let row = sqlx::query("SELECT * FROM model_profiles WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        row.as_ref().map(model_profile_from).transpose()
+    }
+
+    async fn create_model_profile(&self, scope: &TenantScope, p: &ModelProfile) -> Result<()> {
+        if p.tenant_id != *scope.tenant_id() {
+            return Err(StoreError::Corrupt(String::from("model profile tenant does not match scope")));
+        }
+        if profile_has_nul(p) {
+            return Err(StoreError::Corrupt(String::from("text with a NUL character cannot be stored in PostgreSQL")));
+        }
+        let tenant = scope.tenant_id().as_str();
+        let mut tx = tenant_tx(&self.pool, tenant).await?;
+        sqlx::query(
+            "INSERT INTO model_profiles (id, tenant_id, role, deployment_mode, model, base_url, temperature, \
+             input_price_micros_per_1k, output_price_micros_per_1k, created_at, created_by, updated_at, updated_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(&p.id)
+        .bind(tenant)
+        .bind(&p.role)
+        .bind(&p.deployment_mode)
+        .bind(&p.model)
+        .bind(&p.base_url)
+        .bind(p.temperature)
+        .bind(p.input_price_micros_per_1k)
+        .bind(p.output_price_micros_per_1k)
+        .bind(p.created_at_ms)
+        .bind(&p.created_by)
+        .bind(p.updated_at_ms)
+        .bind(&p.updated_by)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| profile_conflict(p)(StoreError::from(e)))?;
+        record_change(&mut tx, ChangeKind::ModelProfiles, tenant, p.created_at_ms).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn update_model_profile(&self, scope: &TenantScope, p: &ModelProfile) -> Result<bool> {
+        if profile_has_nul(p) {
+            return Err(StoreError::Corrupt(String::from("text with a NUL character cannot be stored in PostgreSQL")));
+        }
+        let tenant = scope.tenant_id().as_str();
+        let mut tx = tenant_tx(&self.pool, tenant).await?;
+        let n = sqlx::query(
+            "UPDATE model_profiles SET role = $1, deployment_mode = $2, model = $3, base_url = $4, temperature = $5, \
+             input_price_micros_per_1k = $6, output_price_micros_per_1k = $7, updated_at = $8, updated_by = $9 \
+             WHERE tenant_id = $10 AND id = $11",
+        )
+        .bind(&p.role)
+        .bind(&p.deployment_mode)
+        .bind(&p.model)
+        .bind(&p.base_url)
+        .bind(p.temperature)
+        .bind(p.input_price_micros_per_1k)
+        .bind(p.output_price_micros_per_1k)
+        .bind(p.updated_at_ms)
+        .bind(&p.updated_by)
+        .bind(tenant)
+        .bind(&p.id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| profile_conflict(p)(StoreError::from(e)))?
+        .rows_affected();
+        if n > 0 {
+            record_change(&mut tx, ChangeKind::ModelProfiles, tenant, p.updated_at_ms).await?;
+        }
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    async fn delete_model_profile(&self, scope: &TenantScope, id: &str, now_ms: i64) -> Result<bool> {
+        if has_nul(id) {
+            return Ok(false);
+        }
+        let tenant = scope.tenant_id().as_str();
+        let mut tx = tenant_tx(&self.pool, tenant).await?;
+        let n = sqlx::query("DELETE FROM model_profiles WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(denied)?
+            .rows_affected();
+        if n > 0 {
+            record_change(&mut tx, ChangeKind::ModelProfiles, tenant, now_ms).await?;
+        }
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    async fn add_usage(&self, rows: &[UsageRow]) -> Result<()> {
+        // One transaction per tenant: row-level security scopes each to its tenant.
+        let mut tenants: Vec<&str> = rows.iter().map(|r| r.tenant_id.as_str()).collect();
+        tenants.sort_unstable();
+        tenants.dedup();
+        for tenant in tenants {
+            let mut tx = tenant_tx(&self.pool, tenant).await?;
+            for r in rows.iter().filter(|r| r.tenant_id == tenant) {
+                if [&r.principal_id, &r.model, &r.route].iter().any(|s| has_nul(s)) {
+                    continue;
+                }
+                sqlx::query(
+                    "INSERT INTO usage_daily (tenant_id, day, principal_id, model, route, requests, status_2xx, status_4xx, \
+                     status_5xx, input_tokens, output_tokens, latency_ms_sum, cost_nanos) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                     ON CONFLICT (tenant_id, day, principal_id, model, route) DO UPDATE SET \
+                     requests = usage_daily.requests + excluded.requests, status_2xx = usage_daily.status_2xx + excluded.status_2xx, \
+                     status_4xx = usage_daily.status_4xx + excluded.status_4xx, status_5xx = usage_daily.status_5xx + excluded.status_5xx, \
+                     input_tokens = usage_daily.input_tokens + excluded.input_tokens, \
+                     output_tokens = usage_daily.output_tokens + excluded.output_tokens, \
+                     latency_ms_sum = usage_daily.latency_ms_sum + excluded.latency_ms_sum, \
+                     cost_nanos = usage_daily.cost_nanos + excluded.cost_nanos",
+                )
+                .bind(&r.tenant_id)
+                .bind(&r.day)
+                .bind(&r.principal_id)
+                .bind(&r.model)
+                .bind(&r.route)
+                .bind(r.requests)
+                .bind(r.status_2xx)
+                .bind(r.status_4xx)
+                .bind(r.status_5xx)
+                .bind(r.input_tokens)
+                .bind(r.output_tokens)
+                .bind(r.latency_ms_sum)
+                .bind(r.cost_nanos)
+                .execute(&mut *tx)
+                .await
+                .map_err(denied)?;
+            }
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    async fn usage(&self, scope: &TenantScope, from_day: &str, to_day: &str) -> Result<Vec<UsageRow>> {
+        if has_nul(from_day) || has_nul(to_day) {
+            return Ok(Vec::new());
+        }
+        let tenant = scope.tenant_id().as_str();
+        let mut tx = tenant_tx(&self.pool, tenant).await?;
+        let rows = sqlx::query(
+            "SELECT * FROM usage_daily WHERE tenant_id = $1 AND day >= $2 AND day <= $3 ORDER BY day, principal_id, model, route",
+        )
+        .bind(tenant)
+        .bind(from_day)
+        .bind(to_day)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter().map(usage_from).collect()
     }
 
     async fn changes_since(&self, seq: i64, limit: u32) -> Result<Vec<Change>> {

@@ -144,6 +144,53 @@ CREATE TABLE policy_versions (
 );
 "#,
     ),
+    (
+        6,
+        // Model profiles (prices in micro-USD per 1 000 tokens, i.e. nano-USD per token) and
+        // usage per tenant, day, caller, model and route (costs in nano-USD).
+        r#"
+CREATE TABLE model_profiles (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    role TEXT NOT NULL,
+    deployment_mode TEXT NOT NULL,
+    model TEXT NOT NULL,
+    base_url TEXT NOT NULL,
+    temperature DOUBLE PRECISION NOT NULL,
+    input_price_micros_per_1k BIGINT NOT NULL,
+    output_price_micros_per_1k BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    created_by TEXT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    updated_by TEXT NOT NULL,
+    UNIQUE (tenant_id, role, deployment_mode)
+);
+CREATE TABLE usage_daily (
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    day TEXT NOT NULL,
+    principal_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    route TEXT NOT NULL,
+    requests BIGINT NOT NULL,
+    status_2xx BIGINT NOT NULL,
+    status_4xx BIGINT NOT NULL,
+    status_5xx BIGINT NOT NULL,
+    input_tokens BIGINT NOT NULL,
+    output_tokens BIGINT NOT NULL,
+    latency_ms_sum BIGINT NOT NULL,
+    cost_nanos BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, day, principal_id, model, route)
+);
+"#,
+    ),
+    (
+        7,
+        // Budgets per tenant, nano-USD.
+        r#"
+ALTER TABLE tenant_limits ADD COLUMN budget_daily_nanos BIGINT NULL;
+ALTER TABLE tenant_limits ADD COLUMN budget_monthly_nanos BIGINT NULL;
+"#,
+    ),
 ];
 
 const AUDIT_MIGRATIONS: &[(i64, &str)] = &[
@@ -376,6 +423,52 @@ fn credential_from(row: &SqliteRow) -> Result<UpstreamCredential> {
         updated_at_ms: row.try_get("updated_at")?,
         created_by: row.try_get("created_by")?,
     })
+}
+
+fn model_profile_from(row: &SqliteRow) -> Result<ModelProfile> {
+    let tenant: String = row.try_get("tenant_id")?;
+    Ok(ModelProfile {
+        id: row.try_get("id")?,
+        tenant_id: TenantId::parse(&tenant).map_err(|_| corrupt("tenant id", &tenant))?,
+        role: row.try_get("role")?,
+        deployment_mode: row.try_get("deployment_mode")?,
+        model: row.try_get("model")?,
+        base_url: row.try_get("base_url")?,
+        temperature: row.try_get("temperature")?,
+        input_price_micros_per_1k: row.try_get("input_price_micros_per_1k")?,
+        output_price_micros_per_1k: row.try_get("output_price_micros_per_1k")?,
+        created_at_ms: row.try_get("created_at")?,
+        created_by: row.try_get("created_by")?,
+        updated_at_ms: row.try_get("updated_at")?,
+        updated_by: row.try_get("updated_by")?,
+    })
+}
+
+fn usage_from(row: &SqliteRow) -> Result<UsageRow> {
+    Ok(UsageRow {
+        tenant_id: row.try_get("tenant_id")?,
+        day: row.try_get("day")?,
+        principal_id: row.try_get("principal_id")?,
+        model: row.try_get("model")?,
+        route: row.try_get("route")?,
+        requests: row.try_get("requests")?,
+        status_2xx: row.try_get("status_2xx")?,
+        status_4xx: row.try_get("status_4xx")?,
+        status_5xx: row.try_get("status_5xx")?,
+        input_tokens: row.try_get("input_tokens")?,
+        output_tokens: row.try_get("output_tokens")?,
+        latency_ms_sum: row.try_get("latency_ms_sum")?,
+        cost_nanos: row.try_get("cost_nanos")?,
+    })
+}
+
+fn profile_conflict(p: &ModelProfile) -> impl Fn(StoreError) -> StoreError + '_ {
+    move |e| match e {
+        StoreError::Conflict(_) => {
+            StoreError::Conflict(format!("a model profile for role `{}` in mode `{}`", p.role, p.deployment_mode))
+        }
+        other => other,
+    }
 }
 
 fn policy_from(row: &SqliteRow) -> Result<PolicyRecord> {
@@ -753,7 +846,7 @@ impl Store for SqliteStore {
 
     async fn get_limits(&self, tenant: &TenantId) -> Result<LimitOverrides> {
         let row =
-            sqlx::query("SELECT rate_per_minute, requests_per_day, concurrency FROM tenant_limits WHERE tenant_id = ?")
+            sqlx::query("SELECT rate_per_minute, requests_per_day, concurrency, budget_daily_nanos, budget_monthly_nanos FROM tenant_limits WHERE tenant_id = ?")
                 .bind(tenant.as_str())
                 .fetch_optional(&self.pool)
                 .await?;
@@ -763,20 +856,27 @@ impl Store for SqliteStore {
             rate_per_minute: num("rate_per_minute")?.and_then(|v| u32::try_from(v).ok()),
             requests_per_day: num("requests_per_day")?.and_then(|v| u64::try_from(v).ok()),
             concurrency: num("concurrency")?.and_then(|v| u32::try_from(v).ok()),
+            budget_usd_per_day: num("budget_daily_nanos")?.map(|n| n as f64 / 1e9),
+            budget_usd_per_month: num("budget_monthly_nanos")?.map(|n| n as f64 / 1e9),
         })
     }
 
     async fn set_limits(&self, tenant: &TenantId, limits: &LimitOverrides, now_ms: i64) -> Result<()> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
-            "INSERT INTO tenant_limits (tenant_id, rate_per_minute, requests_per_day, concurrency, updated_at) VALUES (?, ?, ?, ?, ?) \
+            "INSERT INTO tenant_limits (tenant_id, rate_per_minute, requests_per_day, concurrency, budget_daily_nanos, budget_monthly_nanos, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (tenant_id) DO UPDATE SET rate_per_minute = excluded.rate_per_minute, \
-             requests_per_day = excluded.requests_per_day, concurrency = excluded.concurrency, updated_at = excluded.updated_at",
+             requests_per_day = excluded.requests_per_day, concurrency = excluded.concurrency, \
+             budget_daily_nanos = excluded.budget_daily_nanos, budget_monthly_nanos = excluded.budget_monthly_nanos, \
+             updated_at = excluded.updated_at",
         )
         .bind(tenant.as_str())
         .bind(limits.rate_per_minute.map(i64::from))
         .bind(limits.requests_per_day.and_then(|v| i64::try_from(v).ok()))
         .bind(limits.concurrency.map(i64::from))
+        .bind(limits.budget_usd_per_day.and_then(portcullis_core::limits::usd_to_nanos))
+        .bind(limits.budget_usd_per_month.and_then(portcullis_core::limits::usd_to_nanos))
         .bind(now_ms)
         .execute(&mut *tx)
         .await?;
@@ -982,6 +1082,148 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(policy_version_from).collect()
+    }
+
+    async fn list_model_profiles(&self, scope: &TenantScope) -> Result<Vec<ModelProfile>> {
+        let rows = sqlx::query("SELECT * FROM model_profiles WHERE tenant_id = ? ORDER BY role, deployment_mode")
+            .bind(scope.tenant_id().as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(model_profile_from).collect()
+    }
+
+    async fn get_model_profile(&self, scope: &TenantScope, id: &str) -> Result<Option<ModelProfile>> {
+        let row = sqlx::query("SELECT * FROM model_profiles WHERE tenant_id = ? AND id = ?")
+            .bind(scope.tenant_id().as_str())
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(model_profile_from).transpose()
+    }
+
+    async fn create_model_profile(&self, scope: &TenantScope, p: &ModelProfile) -> Result<()> {
+        if p.tenant_id != *scope.tenant_id() {
+            return Err(StoreError::Corrupt(String::from("model profile tenant does not match scope")));
+        }
+        let tenant = scope.tenant_id().as_str();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "INSERT INTO model_profiles (id, tenant_id, role, deployment_mode, model, base_url, temperature, \
+             input_price_micros_per_1k, output_price_micros_per_1k, created_at, created_by, updated_at, updated_by) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&p.id)
+        .bind(tenant)
+        .bind(&p.role)
+        .bind(&p.deployment_mode)
+        .bind(&p.model)
+        .bind(&p.base_url)
+        .bind(p.temperature)
+        .bind(p.input_price_micros_per_1k)
+        .bind(p.output_price_micros_per_1k)
+        .bind(p.created_at_ms)
+        .bind(&p.created_by)
+        .bind(p.updated_at_ms)
+        .bind(&p.updated_by)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| profile_conflict(p)(e.into()))?;
+        Self::record_change(&mut tx, ChangeKind::ModelProfiles, tenant, p.created_at_ms).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn update_model_profile(&self, scope: &TenantScope, p: &ModelProfile) -> Result<bool> {
+        let tenant = scope.tenant_id().as_str();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let n = sqlx::query(
+            "UPDATE model_profiles SET role = ?, deployment_mode = ?, model = ?, base_url = ?, temperature = ?, \
+             input_price_micros_per_1k = ?, output_price_micros_per_1k = ?, updated_at = ?, updated_by = ? \
+             WHERE tenant_id = ? AND id = ?",
+        )
+        .bind(&p.role)
+        .bind(&p.deployment_mode)
+        .bind(&p.model)
+        .bind(&p.base_url)
+        .bind(p.temperature)
+        .bind(p.input_price_micros_per_1k)
+        .bind(p.output_price_micros_per_1k)
+        .bind(p.updated_at_ms)
+        .bind(&p.updated_by)
+        .bind(tenant)
+        .bind(&p.id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| profile_conflict(p)(e.into()))?
+        .rows_affected();
+        if n > 0 {
+            Self::record_change(&mut tx, ChangeKind::ModelProfiles, tenant, p.updated_at_ms).await?;
+        }
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    async fn delete_model_profile(&self, scope: &TenantScope, id: &str, now_ms: i64) -> Result<bool> {
+        let tenant = scope.tenant_id().as_str();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let n = sqlx::query("DELETE FROM model_profiles WHERE tenant_id = ? AND id = ?")
+            .bind(tenant)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n > 0 {
+            Self::record_change(&mut tx, ChangeKind::ModelProfiles, tenant, now_ms).await?;
+        }
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    async fn add_usage(&self, rows: &[UsageRow]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for r in rows {
+            sqlx::query(
+                "INSERT INTO usage_daily (tenant_id, day, principal_id, model, route, requests, status_2xx, status_4xx, \
+                 status_5xx, input_tokens, output_tokens, latency_ms_sum, cost_nanos) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (tenant_id, day, principal_id, model, route) DO UPDATE SET \
+                 requests = requests + excluded.requests, status_2xx = status_2xx + excluded.status_2xx, \
+                 status_4xx = status_4xx + excluded.status_4xx, status_5xx = status_5xx + excluded.status_5xx, \
+                 input_tokens = input_tokens + excluded.input_tokens, output_tokens = output_tokens + excluded.output_tokens, \
+                 latency_ms_sum = latency_ms_sum + excluded.latency_ms_sum, cost_nanos = cost_nanos + excluded.cost_nanos",
+            )
+            .bind(&r.tenant_id)
+            .bind(&r.day)
+            .bind(&r.principal_id)
+            .bind(&r.model)
+            .bind(&r.route)
+            .bind(r.requests)
+            .bind(r.status_2xx)
+            .bind(r.status_4xx)
+            .bind(r.status_5xx)
+            .bind(r.input_tokens)
+            .bind(r.output_tokens)
+            .bind(r.latency_ms_sum)
+            .bind(r.cost_nanos)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn usage(&self, scope: &TenantScope, from_day: &str, to_day: &str) -> Result<Vec<UsageRow>> {
+        let rows = sqlx::query(
+            "SELECT * FROM usage_daily WHERE tenant_id = ? AND day >= ? AND day <= ? ORDER BY day, principal_id, model, route",
+        )
+        .bind(scope.tenant_id().as_str())
+        .bind(from_day)
+        .bind(to_day)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(usage_from).collect()
     }
 
     async fn changes_since(&self, seq: i64, limit: u32) -> Result<Vec<Change>> {

@@ -6,8 +6,10 @@ mod credentials;
 mod decide;
 mod health;
 mod keys;
+mod model_profiles;
 mod policies;
 mod tenants;
+mod usage;
 mod users;
 
 use crate::AppState;
@@ -48,6 +50,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(policies::schema))
         .routes(routes!(policies::evaluate))
         .routes(routes!(policies::simulate))
+        .routes(routes!(usage::query))
+        .routes(routes!(model_profiles::list, model_profiles::create))
+        .routes(routes!(model_profiles::get, model_profiles::update, model_profiles::delete))
 }
 
 /// Prometheus text format. For operators, or a scraper presenting `metrics.bearer_token`.

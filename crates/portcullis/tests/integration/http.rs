@@ -183,6 +183,12 @@ fn openapi_documents_every_route() {
         ("/v1/policies/schema", "get"),
         ("/v1/policies/evaluate", "post"),
         ("/v1/policies/simulate", "post"),
+        ("/v1/model-profiles", "get"),
+        ("/v1/model-profiles", "post"),
+        ("/v1/model-profiles/{id}", "get"),
+        ("/v1/model-profiles/{id}", "put"),
+        ("/v1/model-profiles/{id}", "delete"),
+        ("/v1/usage", "get"),
     ];
     for (p, m) in expected {
         assert!(paths.get(p).and_then(|v| v.get(m)).is_some(), "{m} {p} documented");

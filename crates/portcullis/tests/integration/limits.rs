@@ -104,7 +104,8 @@ fn tier_defaults_are_the_documented_ones_and_come_from_the_configuration() {
     let v = get_limits(&g, &g.tenant);
     assert_eq!(
         v["effective"],
-        json!({"rate_per_minute": 3, "requests_per_day": 500, "concurrency": 2, "max_tokens_per_request": 1024})
+        json!({"rate_per_minute": 3, "requests_per_day": 500, "concurrency": 2, "max_tokens_per_request": 1024,
+               "budget_usd_per_day": 1.0, "budget_usd_per_month": null})
     );
     for i in 0..3u64 {
         let (r, _) = call(&g, &g.key, "/up/echo");
@@ -153,7 +154,8 @@ fn a_daily_quota_stops_the_tenant_until_utc_midnight() {
     assert_eq!(v["tier"], "free");
     assert_eq!(
         v["effective"],
-        json!({"rate_per_minute": 10, "requests_per_day": 3, "concurrency": 5, "max_tokens_per_request": 4096})
+        json!({"rate_per_minute": 10, "requests_per_day": 3, "concurrency": 5, "max_tokens_per_request": 4096,
+               "budget_usd_per_day": 1.0, "budget_usd_per_month": null})
     );
     assert_eq!(v["overrides"]["requests_per_day"], 3);
     for _ in 0..3 {

@@ -5,6 +5,7 @@
 mod harness;
 
 mod audit;
+mod budgets;
 mod cli;
 mod cors;
 mod credentials;
@@ -16,6 +17,7 @@ mod jwt;
 mod keys;
 mod limits;
 mod metrics;
+mod model_profiles;
 mod nginx;
 mod policies;
 mod postgres;
@@ -23,3 +25,4 @@ mod proxy;
 mod rbac;
 mod scaleout;
 mod upstream;
+mod usage;

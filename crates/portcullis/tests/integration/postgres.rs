@@ -23,6 +23,8 @@ const TENANT_TABLES: &[&str] = &[
     "audit_events",
     "policies",
     "policy_versions",
+    "model_profiles",
+    "usage_daily",
 ];
 
 /// What the application role must be granted, and nothing more.
@@ -32,6 +34,7 @@ const EXPECTED_GRANTS: &[(&str, &[&str])] = &[
     ("audit_events", &["INSERT", "SELECT"]),
     ("audit_heads", &["INSERT", "SELECT", "UPDATE"]),
     ("changes", &["INSERT", "SELECT"]),
+    ("model_profiles", &["DELETE", "INSERT", "SELECT", "UPDATE"]),
     ("policies", &["DELETE", "INSERT", "SELECT", "UPDATE"]),
     ("policy_versions", &["INSERT", "SELECT"]),
     ("schema_migrations", &["SELECT"]),
@@ -40,6 +43,7 @@ const EXPECTED_GRANTS: &[(&str, &[&str])] = &[
     ("tenant_limits", &["INSERT", "SELECT", "UPDATE"]),
     ("tenants", &["INSERT", "SELECT", "UPDATE"]),
     ("upstream_credentials", &["DELETE", "INSERT", "SELECT", "UPDATE"]),
+    ("usage_daily", &["INSERT", "SELECT", "UPDATE"]),
     ("users", &["INSERT", "SELECT"]),
 ];
 

@@ -10,6 +10,11 @@
 //!   waits for one [`Upstream::release`]; with `abort=1` the connection is cut after the last
 //!   event instead of ending the body;
 //! - `…/hang`: reads the request and never answers;
+//! - `…/completions` with a JSON body holding `messages`: an OpenAI-style chat completion of it
+//!   (other bodies get the echo): `prompt_tokens` is the
+//!   number of characters of the messages' contents, `completion_tokens` the request's
+//!   `max_tokens` (7 when absent); with `"stream": true` three SSE chunks, the usage chunk only
+//!   when `stream_options.include_usage` is set (as OpenAI does), then `data: [DONE]`;
 //! - anything else: echo, a JSON [`Seen`] of the request.
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Write};
@@ -33,6 +38,8 @@ pub struct Seen {
     pub body_sum: String,
     /// False when the connection ended before the whole body arrived.
     pub complete: bool,
+    /// The body as text (lossy), for bodies up to 64 KiB; empty otherwise.
+    pub body_text: String,
 }
 
 impl Seen {
@@ -274,7 +281,18 @@ fn serve(conn: TcpStream, sh: &Shared) {
             None => (target.clone(), None),
         };
         let (bytes, complete) = body(&mut r, &headers);
-        let seen = Seen { method, path, query, headers, body_len: bytes.len(), body_sum: checksum(&bytes), complete };
+        let body_text =
+            if bytes.len() <= 64 * 1024 { String::from_utf8_lossy(&bytes).into_owned() } else { String::new() };
+        let seen = Seen {
+            method,
+            path,
+            query,
+            headers,
+            body_len: bytes.len(),
+            body_sum: checksum(&bytes),
+            complete,
+            body_text,
+        };
         sh.seen.lock().unwrap().push(seen.clone());
         if !complete {
             return;
@@ -314,6 +332,9 @@ fn answer(w: &mut TcpStream, seen: &Seen, sh: &Shared) -> std::io::Result<()> {
     if let Some(ms) = arg("slow") {
         std::thread::sleep(Duration::from_millis(ms));
         return respond(w, 200, &text("slow"), b"finally");
+    }
+    if last == "completions" && seen.body_text.contains("\"messages\"") {
+        return completion(w, seen);
     }
     if last == "hang" {
         let mut g = sh.permits.lock().unwrap();
@@ -369,4 +390,43 @@ fn wait_for_permit(sh: &Shared) -> std::io::Result<()> {
     }
     *permits -= 1;
     Ok(())
+}
+
+/// The scripted chat completion (see the module header).
+fn completion(w: &mut TcpStream, seen: &Seen) -> std::io::Result<()> {
+    let req: Value = serde_json::from_str(&seen.body_text).unwrap_or(Value::Null);
+    let model = req["model"].as_str().unwrap_or("unknown").to_owned();
+    let prompt: usize = req["messages"]
+        .as_array()
+        .map(|m| m.iter().filter_map(|m| m["content"].as_str()).map(|c| c.chars().count()).sum())
+        .unwrap_or(0);
+    let completion = req["max_tokens"].as_u64().unwrap_or(7);
+    let usage =
+        json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt as u64 + completion});
+    if req["stream"].as_bool() != Some(true) {
+        let body = json!({
+            "id": "cmpl-1", "object": "chat.completion", "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+            "usage": usage,
+        });
+        return respond(w, 200, &[("content-type", String::from("application/json"))], body.to_string().as_bytes());
+    }
+    let include = req["stream_options"]["include_usage"].as_bool() == Some(true);
+    w.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")?;
+    for word in ["Hel", "lo", "!"] {
+        let mut c = json!({"id": "cmpl-1", "object": "chat.completion.chunk", "model": model,
+            "choices": [{"index": 0, "delta": {"content": word}}]});
+        if include {
+            c["usage"] = Value::Null;
+        }
+        chunk(w, format!("data: {c}\n\n").as_bytes())?;
+    }
+    if include {
+        let c =
+            json!({"id": "cmpl-1", "object": "chat.completion.chunk", "model": model, "choices": [], "usage": usage});
+        chunk(w, format!("data: {c}\n\n").as_bytes())?;
+    }
+    chunk(w, b"data: [DONE]\n\n")?;
+    w.write_all(b"0\r\n\r\n")?;
+    w.flush()
 }

@@ -1,0 +1,160 @@
+//! Usage per tenant, day, caller, model and route: counted in memory on the request path (one
+//! map update when a proxied response ends) and added to the store's counters by the
+//! maintenance task every `cache_refresh` (1 s by default), costs priced from the tenant's
+//! model profiles at that moment. Several instances add to the same rows.
+use crate::Guard;
+use portcullis_core::{TenantId, TenantScope};
+use portcullis_store::{ModelProfile, StoreError, UsageRow};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// One finished proxied request.
+#[derive(Clone, Debug)]
+pub struct UsageEvent {
+    pub tenant: TenantId,
+    /// The caller as the audit log names it.
+    pub principal: String,
+    /// The model the response (or else the request) named; empty for non-model traffic.
+    pub model: String,
+    pub route: String,
+    pub status: u16,
+    pub latency_ms: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Cost charged without token counts (added as is; tokens are priced at the flush).
+    pub unmetered_nanos: i64,
+    pub at_ms: i64,
+}
+
+type Key = (String, String, String, String, String);
+
+#[derive(Default)]
+pub struct UsageLedger {
+    pending: std::sync::Mutex<HashMap<Key, UsageRow>>,
+}
+
+fn clamp(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl UsageLedger {
+    pub fn record(&self, e: UsageEvent) {
+        let day = portcullis_core::timefmt::utc_date(e.at_ms);
+        let key = (e.tenant.to_string(), day, e.principal, e.model, e.route);
+        let mut pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let row = pending.entry(key).or_insert_with_key(|k| UsageRow {
+            tenant_id: k.0.clone(),
+            day: k.1.clone(),
+            principal_id: k.2.clone(),
+            model: k.3.clone(),
+            route: k.4.clone(),
+            ..UsageRow::default()
+        });
+        row.requests += 1;
+        match e.status {
+            200..=399 => row.status_2xx += 1,
+            400..=499 => row.status_4xx += 1,
+            _ => row.status_5xx += 1,
+        }
+        row.input_tokens = row.input_tokens.saturating_add(clamp(e.input_tokens));
+        row.output_tokens = row.output_tokens.saturating_add(clamp(e.output_tokens));
+        row.latency_ms_sum = row.latency_ms_sum.saturating_add(clamp(e.latency_ms));
+        row.cost_nanos = row.cost_nanos.saturating_add(e.unmetered_nanos);
+    }
+
+    fn take(&self) -> Vec<UsageRow> {
+        let mut pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::mem::take(&mut *pending).into_values().collect()
+    }
+
+    /// Puts rows back after a failed write, adding to whatever arrived meanwhile.
+    fn restore(&self, rows: Vec<UsageRow>) {
+        let mut pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for r in rows {
+            let key = (r.tenant_id.clone(), r.day.clone(), r.principal_id.clone(), r.model.clone(), r.route.clone());
+            let e = pending.entry(key).or_insert_with(|| UsageRow { requests: 0, ..r.clone() });
+            if e.requests > 0 {
+                e.requests += r.requests;
+                e.status_2xx += r.status_2xx;
+                e.status_4xx += r.status_4xx;
+                e.status_5xx += r.status_5xx;
+                e.input_tokens = e.input_tokens.saturating_add(r.input_tokens);
+                e.output_tokens = e.output_tokens.saturating_add(r.output_tokens);
+                e.latency_ms_sum = e.latency_ms_sum.saturating_add(r.latency_ms_sum);
+                e.cost_nanos = e.cost_nanos.saturating_add(r.cost_nanos);
+            } else {
+                *e = r;
+            }
+        }
+    }
+}
+
+/// Nano-USD for `input` and `output` tokens at the profile's prices (micro-USD per 1 000 tokens
+/// is nano-USD per token).
+pub fn cost_nanos(p: &ModelProfile, input: i64, output: i64) -> i64 {
+    input
+        .saturating_mul(p.input_price_micros_per_1k)
+        .saturating_add(output.saturating_mul(p.output_price_micros_per_1k))
+}
+
+/// Nano-USD for token counts at prices in micro-USD per 1 000 tokens (saturating).
+pub fn cost_nanos_u64(in_price: i64, out_price: i64, input: u64, output: u64) -> i64 {
+    let t = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    t(input).saturating_mul(in_price).saturating_add(t(output).saturating_mul(out_price))
+}
+
+impl Guard {
+    pub fn record_usage(&self, e: UsageEvent) {
+        self.usage.record(e);
+    }
+
+    /// The tenant's model profiles, from cache (dropped on a `model_profiles` change).
+    pub async fn model_profiles(&self, tenant: &TenantId) -> Result<Arc<Vec<ModelProfile>>, StoreError> {
+        if let Some(p) = self.cache.model_profiles.get(tenant) {
+            return Ok(p.clone());
+        }
+        let generation = self.cache.generation();
+        let scope = TenantScope::authorized(tenant.clone(), false);
+        let profiles = Arc::new(self.store.list_model_profiles(&scope).await?);
+        self.cache.model_profiles.insert(tenant.clone(), profiles.clone());
+        if self.cache.stale_since(generation) {
+            self.cache.model_profiles.remove(tenant);
+        }
+        Ok(profiles)
+    }
+
+    pub fn invalidate_model_profiles(&self, tenant: &TenantId) {
+        self.cache.remove_model_profiles(tenant);
+    }
+
+    /// Prices what accumulated and adds it to the store. On failure the rows are kept for the
+    /// next attempt (nothing is lost while the process lives).
+    pub async fn flush_usage_ledger(&self) -> Result<(), StoreError> {
+        let mut rows = self.usage.take();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        for r in &mut rows {
+            if r.model.is_empty() || (r.input_tokens == 0 && r.output_tokens == 0) {
+                continue;
+            }
+            let Ok(tenant) = TenantId::parse(&r.tenant_id) else { continue };
+            match self.model_profiles(&tenant).await {
+                Ok(profiles) => {
+                    if let Some(p) = profiles.iter().find(|p| p.model == r.model) {
+                        r.cost_nanos = r.cost_nanos.saturating_add(cost_nanos(p, r.input_tokens, r.output_tokens));
+                    }
+                }
+                Err(e) => {
+                    self.usage.restore(rows);
+                    return Err(e);
+                }
+            }
+        }
+        if let Err(e) = self.store.add_usage(&rows).await {
+            self.usage.restore(rows);
+            return Err(e);
+        }
+        Ok(())
+    }
+}

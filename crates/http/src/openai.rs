@@ -1,0 +1,279 @@
+//! What an `openai`-kind route needs to know of the traffic it carries: the request's model,
+//! token cap and streaming, and the response's token usage — from a JSON body or from the
+//! final usage chunk of a server-sent-event stream. When a streaming client did not ask for
+//! usage, the gateway asks the upstream for it and takes that chunk out of the stream again, so
+//! the client sees exactly what it asked for.
+use bytes::{Bytes, BytesMut};
+use serde_json::Value;
+
+/// The most response bytes kept to find the usage of a non-streamed answer.
+const MAX_JSON_BODY: usize = 8 * 1024 * 1024;
+/// The longest single SSE event kept while looking for its end.
+const MAX_EVENT: usize = 1024 * 1024;
+
+/// What the request said.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestInfo {
+    pub model: Option<String>,
+    /// `max_completion_tokens`, else `max_tokens`, else `max_output_tokens`.
+    pub max_tokens: Option<u64>,
+    pub stream: bool,
+    /// The gateway added `stream_options.include_usage` (and removes its chunk on the way back).
+    pub usage_requested_by_gateway: bool,
+    /// Bytes of the request body: an upper bound of its prompt tokens.
+    pub body_len: u64,
+}
+
+/// Reads a JSON request body. Returns the body to forward (changed only to ask a streaming
+/// upstream for usage) and what it said; a body that is not a JSON object is forwarded as is.
+pub fn inspect_request(body: Bytes) -> (Bytes, RequestInfo) {
+    let body_len = body.len() as u64;
+    let Ok(Value::Object(mut m)) = serde_json::from_slice::<Value>(&body) else {
+        return (body, RequestInfo { body_len, ..RequestInfo::default() });
+    };
+    let mut info = RequestInfo {
+        model: m.get("model").and_then(Value::as_str).map(|s| s.chars().take(128).collect()),
+        max_tokens: ["max_completion_tokens", "max_tokens", "max_output_tokens"]
+            .iter()
+            .find_map(|k| m.get(*k).and_then(Value::as_u64)),
+        stream: m.get("stream").and_then(Value::as_bool).unwrap_or(false),
+        usage_requested_by_gateway: false,
+        body_len,
+    };
+    if info.stream {
+        let asked =
+            m.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false);
+        if !asked {
+            let opts = m.entry("stream_options").or_insert_with(|| Value::Object(serde_json::Map::new()));
+            if let Value::Object(o) = opts {
+                o.insert(String::from("include_usage"), Value::Bool(true));
+                info.usage_requested_by_gateway = true;
+            }
+        }
+    }
+    if !info.usage_requested_by_gateway {
+        return (body, info);
+    }
+    match serde_json::to_vec(&Value::Object(m)) {
+        Ok(v) => (Bytes::from(v), info),
+        Err(_) => (body, RequestInfo { usage_requested_by_gateway: false, ..info }),
+    }
+}
+
+/// Token counts and the model a response reported.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub model: Option<String>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub seen: bool,
+}
+
+impl Usage {
+    /// Takes `usage` (Chat Completions `prompt_tokens`/`completion_tokens`, or the Responses
+    /// API's `input_tokens`/`output_tokens`) and `model` from one JSON object.
+    fn take(&mut self, v: &Value) {
+        if let Some(m) = v.get("model").and_then(Value::as_str) {
+            self.model = Some(m.chars().take(128).collect());
+        }
+        // The Responses API streams `{"type": "response.completed", "response": {…, "usage"}}`.
+        let u = v.get("usage").or_else(|| v.get("response").and_then(|r| r.get("usage")));
+        if let Some(u) = u.filter(|u| u.is_object()) {
+            let n = |a: &str, b: &str| u.get(a).or_else(|| u.get(b)).and_then(Value::as_u64).unwrap_or(0);
+            self.input_tokens = n("prompt_tokens", "input_tokens");
+            self.output_tokens = n("completion_tokens", "output_tokens");
+            self.seen = true;
+        }
+    }
+}
+
+/// Watches a response body go by.
+pub enum Scanner {
+    /// A JSON answer: kept (up to a bound) and read at the end.
+    Json { buf: BytesMut, overflow: bool },
+    /// An event stream: read event by event. With `strip`, only whole events are passed on and
+    /// the usage-only chunk the gateway asked for is held back.
+    Sse { buf: BytesMut, strip: bool },
+    /// Anything else: passed through untouched.
+    Other,
+}
+
+/// Where an SSE event ends (after its blank line), if the buffer holds a whole one.
+fn event_end(b: &[u8]) -> Option<usize> {
+    let lf = b.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    let crlf = b.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The JSON of an event's `data:` lines, when it is JSON.
+fn event_json(event: &[u8]) -> Option<Value> {
+    let text = std::str::from_utf8(event).ok()?;
+    let mut data = String::new();
+    for line in text.lines() {
+        if let Some(d) = line.strip_prefix("data:") {
+            if !data.is_empty() {
+                data.push('\n');
+            }
+            data.push_str(d.strip_prefix(' ').unwrap_or(d));
+        }
+    }
+    if data.is_empty() || data == "[DONE]" {
+        return None;
+    }
+    serde_json::from_str(&data).ok()
+}
+
+/// The usage chunk a gateway-requested `include_usage` adds: usage, and no choices.
+fn is_usage_only(v: &Value) -> bool {
+    v.get("usage").is_some_and(Value::is_object)
+        && v.get("choices").and_then(Value::as_array).is_some_and(|c| c.is_empty())
+}
+
+impl Scanner {
+    pub fn for_response(content_type: Option<&str>, strip: bool) -> Scanner {
+        let ct = content_type.unwrap_or("").to_ascii_lowercase();
+        if ct.starts_with("text/event-stream") {
+            Scanner::Sse { buf: BytesMut::new(), strip }
+        } else if ct.starts_with("application/json") || ct.is_empty() {
+            Scanner::Json { buf: BytesMut::new(), overflow: false }
+        } else {
+            Scanner::Other
+        }
+    }
+
+    /// Takes one chunk from the upstream; returns what to pass on to the client now.
+    pub fn push(&mut self, chunk: Bytes, usage: &mut Usage) -> Bytes {
+        match self {
+            Scanner::Other => chunk,
+            Scanner::Json { buf, overflow } => {
+                if !*overflow {
+                    if buf.len() + chunk.len() > MAX_JSON_BODY {
+                        *overflow = true;
+                        buf.clear();
+                    } else {
+                        buf.extend_from_slice(&chunk);
+                    }
+                }
+                chunk
+            }
+            Scanner::Sse { buf, strip } => {
+                buf.extend_from_slice(&chunk);
+                let mut out = BytesMut::new();
+                while let Some(end) = event_end(buf) {
+                    let event = buf.split_to(end);
+                    let json = event_json(&event);
+                    if let Some(v) = &json {
+                        usage.take(v);
+                    }
+                    if !(*strip && json.as_ref().is_some_and(is_usage_only)) {
+                        out.extend_from_slice(&event);
+                    }
+                }
+                if !*strip {
+                    // Passed through as it came; only the unfinished tail is kept for scanning.
+                    if buf.len() > MAX_EVENT {
+                        buf.clear();
+                    }
+                    return chunk;
+                }
+                if buf.len() > MAX_EVENT {
+                    // An event this long is not a usage chunk: pass it on and stop holding it.
+                    out.extend_from_slice(&buf.split());
+                }
+                out.freeze()
+            }
+        }
+    }
+
+    /// The body ended: reads a JSON answer; returns any bytes still held (an unfinished event).
+    pub fn finish(&mut self, usage: &mut Usage) -> Bytes {
+        match self {
+            Scanner::Json { buf, overflow } => {
+                if !*overflow && let Ok(v) = serde_json::from_slice::<Value>(buf) {
+                    usage.take(&v);
+                }
+                Bytes::new()
+            }
+            Scanner::Sse { buf, strip } => {
+                let rest = buf.split().freeze();
+                if *strip { rest } else { Bytes::new() }
+            }
+            Scanner::Other => Bytes::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+    use super::*;
+
+    #[test]
+    fn a_streaming_request_is_asked_for_usage_once() {
+        let (b, i) = inspect_request(Bytes::from_static(br#"{"model":"m1","stream":true,"max_tokens":50}"#));
+        assert_eq!(
+            (i.model.as_deref(), i.max_tokens, i.stream, i.usage_requested_by_gateway),
+            (Some("m1"), Some(50), true, true)
+        );
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        let asked = Bytes::from_static(br#"{"model":"m1","stream":true,"stream_options":{"include_usage":true}}"#);
+        let (b, i) = inspect_request(asked.clone());
+        assert!(!i.usage_requested_by_gateway);
+        assert_eq!(b, asked, "unchanged");
+        let (b, i) = inspect_request(Bytes::from_static(b"not json"));
+        assert_eq!((b.as_ref(), i), (&b"not json"[..], RequestInfo { body_len: 8, ..RequestInfo::default() }));
+    }
+
+    #[test]
+    fn usage_is_read_from_a_json_answer_split_anywhere() {
+        let body = br#"{"id":"x","model":"gpt-x","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":34}}"#;
+        for cut in [1, 7, 40, body.len() - 1] {
+            let mut s = Scanner::for_response(Some("application/json"), false);
+            let mut u = Usage::default();
+            let a = s.push(Bytes::copy_from_slice(&body[..cut]), &mut u);
+            let b = s.push(Bytes::copy_from_slice(&body[cut..]), &mut u);
+            assert_eq!([a, b].concat(), body.to_vec());
+            s.finish(&mut u);
+            assert_eq!((u.model.as_deref(), u.input_tokens, u.output_tokens, u.seen), (Some("gpt-x"), 12, 34, true));
+        }
+    }
+
+    const STREAM: &str = "data: {\"model\":\"gpt-x\",\"choices\":[{\"delta\":{\"content\":\"Hel\"}}],\"usage\":null}\n\n\
+                          data: {\"model\":\"gpt-x\",\"choices\":[{\"delta\":{\"content\":\"lo\"}}],\"usage\":null}\r\n\r\n\
+                          data: {\"model\":\"gpt-x\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2}}\n\n\
+                          data: [DONE]\n\n";
+
+    fn run(strip: bool, chunk: usize) -> (String, Usage) {
+        let mut s = Scanner::for_response(Some("text/event-stream; charset=utf-8"), strip);
+        let mut u = Usage::default();
+        let mut out = Vec::new();
+        for c in STREAM.as_bytes().chunks(chunk) {
+            out.extend_from_slice(&s.push(Bytes::copy_from_slice(c), &mut u));
+        }
+        out.extend_from_slice(&s.finish(&mut u));
+        (String::from_utf8(out).unwrap(), u)
+    }
+
+    #[test]
+    fn a_stream_passes_unchanged_when_the_client_asked_for_usage() {
+        for chunk in [1, 3, 17, 1000] {
+            let (out, u) = run(false, chunk);
+            assert_eq!(out, STREAM);
+            assert_eq!((u.input_tokens, u.output_tokens, u.seen), (5, 2, true));
+        }
+    }
+
+    #[test]
+    fn the_usage_chunk_the_gateway_asked_for_is_taken_out() {
+        for chunk in [1, 3, 17, 1000] {
+            let (out, u) = run(true, chunk);
+            assert!(!out.contains("prompt_tokens"), "{out}");
+            assert!(out.contains("Hel") && out.contains("lo") && out.ends_with("data: [DONE]\n\n"), "{out}");
+            assert_eq!((u.input_tokens, u.output_tokens), (5, 2));
+        }
+    }
+}

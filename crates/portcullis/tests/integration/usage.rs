@@ -1,0 +1,180 @@
+//! Usage through `openai`-kind routes: tokens read from plain and streamed answers (the gateway
+//! asks a streaming upstream for usage when the client did not, and takes that chunk out again),
+//! costs priced from the tenant's model profiles, the tier's token cap per request enforced
+//! before the upstream, and `GET /v1/usage` grouping, filtering and isolation.
+use crate::harness::{Server, problem};
+use crate::upstream::Upstream;
+use serde_json::{Value, json};
+
+struct Llm {
+    s: Server,
+    up: Upstream,
+    op: String,
+    tenant: String,
+    key_id: String,
+    key: String,
+}
+
+fn llm(tier: &str) -> Llm {
+    let up = Upstream::start();
+    let config = [
+        up.route("/llm", "", "conversation.send", "kind = \"openai\""),
+        up.route("/plain", "", "conversation.send", ""),
+    ]
+    .join("\n");
+    let s = Server::start_with(&[], Some(&config));
+    let op = s.operator_token();
+    let tenant = s.create_tenant(&op, "llm", tier);
+    let (key_id, key) = s.create_key(&op, &tenant, "service");
+    Llm { s, up, op, tenant, key_id, key }
+}
+
+fn chat(g: &Llm, body: Value) -> (u16, String) {
+    let r = g.s.post("/llm/v1/chat/completions").header("x-api-key", &g.key).json(&body).send().unwrap();
+    let status = r.status().as_u16();
+    (status, r.text().unwrap())
+}
+
+fn usage(g: &Llm, query: &str) -> Value {
+    let r = g.s.get(&format!("/v1/usage?{query}")).bearer_auth(&g.op).header("x-tenant-id", &g.tenant).send().unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().unwrap()
+}
+
+/// 0.5 USD per 1K input tokens (500 000 nano-USD per token) and 1.5 USD per 1K output tokens.
+fn price_model(g: &Llm, model: &str) {
+    let r =
+        g.s.post("/v1/model-profiles")
+            .bearer_auth(&g.op)
+            .header("x-tenant-id", &g.tenant)
+            .json(&json!({
+                "role": "chat", "deployment_mode": "realtime", "model": model, "base_url": g.up.url(),
+                "temperature": 0.2, "input_price_per_1k": 0.5, "output_price_per_1k": 1.5,
+            }))
+            .send()
+            .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().unwrap());
+}
+
+#[test]
+fn tokens_and_cost_are_exact_for_plain_and_streamed_answers() {
+    let g = llm("pro");
+    price_model(&g, "gpt-test");
+    // Plain: 11 prompt characters, 20 completion tokens.
+    let (status, text) = chat(
+        &g,
+        json!({"model": "gpt-test", "max_tokens": 20, "messages": [{"role": "user", "content": "hello world"}]}),
+    );
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["usage"]["prompt_tokens"], 11);
+
+    // Streamed, the client did not ask for usage: the upstream is asked, the client never sees it.
+    let (status, text) = chat(
+        &g,
+        json!({"model": "gpt-test", "max_tokens": 5, "stream": true, "messages": [{"role": "user", "content": "abc"}]}),
+    );
+    assert_eq!(status, 200);
+    assert!(text.contains("Hel") && text.contains("\"!\"") && text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert!(!text.contains("prompt_tokens"), "the gateway's usage chunk was taken out: {text}");
+    let sent: Vec<Value> =
+        g.up.seen_at("/chat/completions").iter().map(|s| serde_json::from_str(&s.body_text).unwrap()).collect();
+    assert_eq!(sent[1]["stream_options"]["include_usage"], true, "the upstream was asked for usage");
+    assert_eq!(sent[0].get("stream_options"), None, "a plain request is forwarded as sent");
+
+    // Streamed, the client asked: it gets the usage chunk.
+    let (_, text) = chat(
+        &g,
+        json!({"model": "gpt-test", "max_tokens": 6, "stream": true, "stream_options": {"include_usage": true},
+               "messages": [{"role": "user", "content": "abcd"}]}),
+    );
+    assert!(text.contains("\"prompt_tokens\":4"), "{text}");
+
+    // A model without a profile is counted, at no cost.
+    chat(&g, json!({"model": "unpriced", "max_tokens": 3, "messages": [{"role": "user", "content": "xy"}]}));
+
+    let report = usage(&g, "group_by=model");
+    let items = report["items"].as_array().unwrap();
+    let priced = items.iter().find(|i| i["model"] == "gpt-test").unwrap();
+    assert_eq!(priced["requests"], 3, "{report}");
+    assert_eq!(priced["status_2xx"], 3);
+    assert_eq!(priced["input_tokens"], 11 + 3 + 4);
+    assert_eq!(priced["output_tokens"], 20 + 5 + 6);
+    // 18 × 500 000 + 31 × 1 500 000 nano-USD.
+    assert_eq!(priced["cost_nanos"], 18 * 500_000 + 31 * 1_500_000, "{priced}");
+    assert!((priced["cost_usd"].as_f64().unwrap() - 0.0555).abs() < 1e-12);
+    let unpriced = items.iter().find(|i| i["model"] == "unpriced").unwrap();
+    assert_eq!((unpriced["input_tokens"].as_i64(), unpriced["cost_nanos"].as_i64()), (Some(2), Some(0)));
+    assert_eq!(report["totals"]["requests"], 4);
+
+    let by_caller = usage(&g, "group_by=principal,model&model=gpt-test");
+    let items = by_caller["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{by_caller}");
+    assert_eq!(items[0]["principal"], format!("key:{}", g.key_id));
+    assert!(items[0]["avg_latency_ms"].as_f64().unwrap() >= 0.0);
+}
+
+#[test]
+fn a_request_over_the_tiers_token_cap_never_reaches_the_upstream() {
+    let g = llm("free");
+    let (status, text) = chat(&g, json!({"model": "m", "max_tokens": 5000, "messages": []}));
+    assert_eq!(status, 400, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert!(v["detail"].as_str().unwrap().contains("4096"), "the limit is named: {v}");
+    assert!(v["request_id"].is_string());
+    assert_eq!(g.up.count(), 0);
+    let events = g.s.audit(&g.op, "action=conversation.send&result=denied");
+    assert!(events.iter().any(|e| e["reason"] == "limit:max_tokens" && e["metadata"]["limit"] == 4096), "{events:?}");
+    // At the cap is fine; `max_completion_tokens` counts the same.
+    assert_eq!(chat(&g, json!({"model": "m", "max_tokens": 4096, "messages": []})).0, 200);
+    assert_eq!(chat(&g, json!({"model": "m", "max_completion_tokens": 4097, "messages": []})).0, 400);
+    assert_eq!(g.up.count(), 1);
+}
+
+#[test]
+fn usage_counts_every_route_by_status_and_stays_in_its_tenant() {
+    let g = llm("pro");
+    for path in ["/plain/ok", "/plain/status/404", "/plain/status/503"] {
+        g.s.get(path).header("x-api-key", &g.key).send().unwrap();
+    }
+    let report = usage(&g, "group_by=route");
+    let plain = report["items"].as_array().unwrap().iter().find(|i| i["route"] == "/plain").cloned().unwrap();
+    assert_eq!(
+        (
+            plain["requests"].as_i64(),
+            plain["status_2xx"].as_i64(),
+            plain["status_4xx"].as_i64(),
+            plain["status_5xx"].as_i64()
+        ),
+        (Some(3), Some(1), Some(1), Some(1)),
+        "{report}"
+    );
+    // Another tenant's admin sees none of it, and cannot ask for it.
+    let other = g.s.create_tenant(&g.op, "other", "pro");
+    let (_, other_admin) = g.s.create_key(&g.op, &other, "admin");
+    let r = g.s.get("/v1/usage").header("x-api-key", &other_admin).send().unwrap();
+    let v: Value = r.json().unwrap();
+    assert_eq!(v["totals"]["requests"], 0, "{v}");
+    let r = g.s.get("/v1/usage").header("x-api-key", &other_admin).header("x-tenant-id", &g.tenant).send().unwrap();
+    assert_eq!(r.status(), 403);
+    // The service key holds no config.read: usage is for the tenant's people.
+    assert_eq!(g.s.get("/v1/usage").header("x-api-key", &g.key).send().unwrap().status(), 403);
+}
+
+#[test]
+fn bad_usage_queries_name_the_problem() {
+    let g = llm("pro");
+    for q in [
+        "from=2026-13-01",
+        "to=yesterday",
+        "group_by=colour",
+        "from=2026-12-02&to=2026-12-01",
+        "from=2024-01-01&to=2026-01-01",
+        "nope=1",
+    ] {
+        let r = g.s.get(&format!("/v1/usage?{q}")).bearer_auth(&g.op).header("x-tenant-id", &g.tenant).send().unwrap();
+        let (status, v) = problem(r);
+        assert_eq!(status, 400, "{q}: {v}");
+        assert!(v["request_id"].is_string());
+    }
+}
