@@ -7,6 +7,7 @@
 
 pub mod apikey;
 pub mod audit;
+pub mod histogram;
 pub mod ids;
 pub mod iplist;
 pub mod limits;

@@ -4,7 +4,7 @@
 //! model profiles at that moment. Several instances add to the same rows.
 use crate::Guard;
 use portcullis_core::{TenantId, TenantScope};
-use portcullis_store::{ModelProfile, StoreError, UsageRow};
+use portcullis_store::{LatencyBucket, ModelMinute, ModelProfile, StoreError, UsageRow};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -19,6 +19,8 @@ pub struct UsageEvent {
     pub route: String,
     pub status: u16,
     pub latency_ms: u64,
+    /// The same, in microseconds (for the model's latency histogram).
+    pub latency_us: u64,
     pub input_tokens: u64,
     pub output_tokens: u64,
     /// Cost charged without token counts (added as is; tokens are priced at the flush).
@@ -28,9 +30,15 @@ pub struct UsageEvent {
 
 type Key = (String, String, String, String, String);
 
+type MinuteKey = (String, String, i64);
+/// A model's minute: its counters and its latency buckets (bucket → count).
+type MinuteEntry = (ModelMinute, HashMap<i64, i64>);
+
 #[derive(Default)]
 pub struct UsageLedger {
     pending: std::sync::Mutex<HashMap<Key, UsageRow>>,
+    /// Per (tenant, model, minute): counters and latency buckets.
+    minutes: std::sync::Mutex<HashMap<MinuteKey, MinuteEntry>>,
 }
 
 fn clamp(n: u64) -> i64 {
@@ -39,6 +47,31 @@ fn clamp(n: u64) -> i64 {
 
 impl UsageLedger {
     pub fn record(&self, e: UsageEvent) {
+        if !e.model.is_empty() {
+            let minute = e.at_ms.div_euclid(60_000);
+            let mut minutes = self.minutes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (m, hist) = minutes.entry((e.tenant.to_string(), e.model.clone(), minute)).or_insert_with(|| {
+                (
+                    ModelMinute {
+                        tenant_id: e.tenant.to_string(),
+                        model: e.model.clone(),
+                        minute,
+                        ..ModelMinute::default()
+                    },
+                    HashMap::new(),
+                )
+            });
+            m.requests += 1;
+            match e.status {
+                200..=399 => m.status_2xx += 1,
+                400..=499 => m.status_4xx += 1,
+                _ => m.status_5xx += 1,
+            }
+            m.input_tokens = m.input_tokens.saturating_add(clamp(e.input_tokens));
+            m.output_tokens = m.output_tokens.saturating_add(clamp(e.output_tokens));
+            m.cost_nanos = m.cost_nanos.saturating_add(e.unmetered_nanos);
+            *hist.entry(portcullis_core::histogram::bucket(e.latency_us)).or_insert(0) += 1;
+        }
         let day = portcullis_core::timefmt::utc_date(e.at_ms);
         let key = (e.tenant.to_string(), day, e.principal, e.model, e.route);
         let mut pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -60,6 +93,34 @@ impl UsageLedger {
         row.output_tokens = row.output_tokens.saturating_add(clamp(e.output_tokens));
         row.latency_ms_sum = row.latency_ms_sum.saturating_add(clamp(e.latency_ms));
         row.cost_nanos = row.cost_nanos.saturating_add(e.unmetered_nanos);
+    }
+
+    fn take_minutes(&self) -> Vec<MinuteEntry> {
+        let mut m = self.minutes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::mem::take(&mut *m).into_values().collect()
+    }
+
+    fn restore_minutes(&self, rows: Vec<MinuteEntry>) {
+        let mut all = self.minutes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (r, hist) in rows {
+            let (m, h) = all
+                .entry((r.tenant_id.clone(), r.model.clone(), r.minute))
+                .or_insert_with(|| (ModelMinute { requests: 0, ..r.clone() }, HashMap::new()));
+            if m.requests > 0 {
+                m.requests += r.requests;
+                m.status_2xx += r.status_2xx;
+                m.status_4xx += r.status_4xx;
+                m.status_5xx += r.status_5xx;
+                m.input_tokens = m.input_tokens.saturating_add(r.input_tokens);
+                m.output_tokens = m.output_tokens.saturating_add(r.output_tokens);
+                m.cost_nanos = m.cost_nanos.saturating_add(r.cost_nanos);
+            } else {
+                *m = r;
+            }
+            for (b, c) in hist {
+                *h.entry(b).or_insert(0) += c;
+            }
+        }
     }
 
     fn take(&self) -> Vec<UsageRow> {
@@ -130,11 +191,14 @@ impl Guard {
     /// Prices what accumulated and adds it to the store. On failure the rows are kept for the
     /// next attempt (nothing is lost while the process lives).
     pub async fn flush_usage_ledger(&self) -> Result<(), StoreError> {
-        let mut rows = self.usage.take();
+        self.flush_model_minutes().await?;
+        let rows = self.usage.take();
         if rows.is_empty() {
             return Ok(());
         }
-        for r in &mut rows {
+        // Priced on a copy: on failure the rows go back as they were (priced again next time).
+        let mut priced = rows.clone();
+        for r in &mut priced {
             if r.model.is_empty() || (r.input_tokens == 0 && r.output_tokens == 0) {
                 continue;
             }
@@ -151,8 +215,48 @@ impl Guard {
                 }
             }
         }
-        if let Err(e) = self.store.add_usage(&rows).await {
+        if let Err(e) = self.store.add_usage(&priced).await {
             self.usage.restore(rows);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Writes the per-model minutes (priced like usage), kept for the next attempt on failure.
+    async fn flush_model_minutes(&self) -> Result<(), StoreError> {
+        let rows = self.usage.take_minutes();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut minutes: Vec<ModelMinute> = rows.iter().map(|(m, _)| m.clone()).collect();
+        for m in &mut minutes {
+            let Ok(tenant) = TenantId::parse(&m.tenant_id) else { continue };
+            match self.model_profiles(&tenant).await {
+                Ok(profiles) => {
+                    if let Some(p) = profiles.iter().find(|p| p.model == m.model) {
+                        m.cost_nanos = m.cost_nanos.saturating_add(cost_nanos(p, m.input_tokens, m.output_tokens));
+                    }
+                }
+                Err(e) => {
+                    self.usage.restore_minutes(rows);
+                    return Err(e);
+                }
+            }
+        }
+        let buckets: Vec<LatencyBucket> = rows
+            .iter()
+            .flat_map(|(m, h)| {
+                h.iter().map(|(b, c)| LatencyBucket {
+                    tenant_id: m.tenant_id.clone(),
+                    model: m.model.clone(),
+                    minute: m.minute,
+                    bucket: *b,
+                    count: *c,
+                })
+            })
+            .collect();
+        if let Err(e) = self.store.add_model_metrics(&minutes, &buckets).await {
+            self.usage.restore_minutes(rows);
             return Err(e);
         }
         Ok(())

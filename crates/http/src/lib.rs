@@ -12,6 +12,7 @@ pub mod proxy;
 mod routes;
 pub mod server;
 pub mod timer;
+pub mod usage_report;
 pub mod views;
 
 use axum::Router;

@@ -475,6 +475,7 @@ impl Drop for UsageTap {
             route: std::mem::take(&mut self.route),
             status: self.status,
             latency_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            latency_us: u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
             input_tokens: self.usage.input_tokens,
             output_tokens: self.usage.output_tokens,
             unmetered_nanos: self.unmetered_nanos,

@@ -185,6 +185,15 @@ async fn budgets_reserve_then_settle(lim: &dyn Limiter) {
     assert_eq!(lim.reserve_budget(&budget_req("b2", &fresh, 100)).await.unwrap().unwrap_err().used_nanos, 950);
     let r = lim.reserve_budget(&budget_req("b3", &w, 1_000)).await.unwrap().unwrap();
     assert_eq!(r.windows[0].used_nanos, 1_000);
+    // The next day is a new window: the daily budget starts over (the month's does not).
+    let mut next = windows(1_000, 10_000, None);
+    next[0].id = String::from("2025-11-25");
+    next[0].reset_ms += 86_400_000;
+    let tomorrow = BudgetRequest { now_ms: 1_764_028_800_000 + 1, ..budget_req("b3", &next, 1_000) };
+    let r = lim.reserve_budget(&tomorrow).await.unwrap().unwrap();
+    assert_eq!((r.windows[0].used_nanos, r.windows[1].used_nanos), (1_000, 2_000));
+    // And it is enforced like the one before.
+    assert_eq!(lim.reserve_budget(&tomorrow).await.unwrap().unwrap_err().window.kind, "daily");
 }
 
 async fn budgets_are_never_overrun_by_a_burst(lim: &dyn Limiter) {

@@ -309,9 +309,20 @@ async fn tenant_on(o: &Opened, json: bool, cmd: TenantCmd) -> anyhow::Result<Exi
             let overrides = g.store().get_limits(&t.id).await?;
             let out = serde_json::json!({ "tenant_id": t.id, "tier": t.tier, "effective": effective, "overrides": overrides });
             print(json, &out, || {
+                let budget = |nanos: Option<i64>, per: &str, window: &str| match nanos {
+                    Some(n) => format!("budget ${}/{per}", n as f64 / 1e9),
+                    None => format!("no {window} budget"),
+                };
                 format!(
-                    "{} ({}): {} requests/min, {} requests/day, {} concurrent",
-                    t.id, t.tier, effective.rate_per_minute, effective.requests_per_day, effective.concurrency
+                    "{} ({}): {} requests/min, {} requests/day, {} concurrent, {} tokens/request, {}, {}",
+                    t.id,
+                    t.tier,
+                    effective.rate_per_minute,
+                    effective.requests_per_day,
+                    effective.concurrency,
+                    effective.max_tokens_per_request,
+                    budget(effective.budget_nanos_per_day, "day", "daily"),
+                    budget(effective.budget_nanos_per_month, "month", "monthly")
                 )
             })?;
         }

@@ -4,6 +4,7 @@
 mod cli;
 mod cli_policy;
 mod cli_profile;
+mod cli_usage;
 mod config;
 mod runtime;
 mod serve;
@@ -83,6 +84,10 @@ enum Command {
     /// Model profiles: per role and deployment mode, the model, base URL, temperature and prices.
     #[command(subcommand)]
     ModelProfile(cli_profile::ProfileCmd),
+    /// A tenant's usage (requests, tokens, latency, cost) by day, caller, model and route, as
+    /// `GET /v1/usage` reports it; read from the store, where servers add their counts every
+    /// `auth.cache_refresh_ms` (1 s by default).
+    Usage(cli_usage::UsageArgs),
 }
 
 fn main() -> ExitCode {
@@ -111,6 +116,7 @@ fn main() -> ExitCode {
             Command::Audit(c) => cli::audit(cfg, args.json, c).await,
             Command::Policy(c) => cli_policy::policy(cfg, args.json, c).await,
             Command::ModelProfile(c) => cli_profile::profile(cfg, args.json, c).await,
+            Command::Usage(a) => cli_usage::usage(cfg, args.json, a).await,
         }
     });
     match result {

@@ -148,6 +148,17 @@ pub trait Store: Send + Sync + 'static {
     /// The tenant's rows with `from_day <= day <= to_day`.
     async fn usage(&self, scope: &TenantScope, from_day: &str, to_day: &str) -> Result<Vec<UsageRow>>;
 
+    // Per-model traffic by minute, for model-profile metrics. Added to like usage.
+    async fn add_model_metrics(&self, minutes: &[ModelMinute], latency: &[LatencyBucket]) -> Result<()>;
+    /// The tenant's rows for `model` with `from_minute <= minute < to_minute`.
+    async fn model_metrics(
+        &self,
+        scope: &TenantScope,
+        model: &str,
+        from_minute: i64,
+        to_minute: i64,
+    ) -> Result<(Vec<ModelMinute>, Vec<LatencyBucket>)>;
+
     // Change feed: how caches in this and other processes learn of revocations.
     async fn changes_since(&self, seq: i64, limit: u32) -> Result<Vec<Change>>;
     async fn latest_change_seq(&self) -> Result<i64>;

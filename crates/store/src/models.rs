@@ -268,3 +268,30 @@ pub struct UsageRow {
     /// Nano-USD.
     pub cost_nanos: i64,
 }
+
+/// Traffic of one model in one minute, added to (several instances write the same row).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModelMinute {
+    pub tenant_id: String,
+    pub model: String,
+    /// Unix minute (ms / 60 000).
+    pub minute: i64,
+    pub requests: i64,
+    pub status_2xx: i64,
+    pub status_4xx: i64,
+    pub status_5xx: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_nanos: i64,
+}
+
+/// How many requests of a model in a minute fell into one latency bucket (bucket numbering is
+/// `portcullis_core::histogram`'s).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LatencyBucket {
+    pub tenant_id: String,
+    pub model: String,
+    pub minute: i64,
+    pub bucket: i64,
+    pub count: i64,
+}

@@ -403,6 +403,43 @@ ALTER TABLE tenant_limits ADD COLUMN budget_daily_nanos BIGINT NULL;
 ALTER TABLE tenant_limits ADD COLUMN budget_monthly_nanos BIGINT NULL;
 "#,
     ),
+    (
+        5,
+        // Per model and minute: counters, and latency as histogram buckets.
+        r#"
+CREATE TABLE model_minutes (
+    tenant_id TEXT COLLATE "C" NOT NULL REFERENCES tenants(id),
+    model TEXT COLLATE "C" NOT NULL,
+    minute BIGINT NOT NULL,
+    requests BIGINT NOT NULL,
+    status_2xx BIGINT NOT NULL,
+    status_4xx BIGINT NOT NULL,
+    status_5xx BIGINT NOT NULL,
+    input_tokens BIGINT NOT NULL,
+    output_tokens BIGINT NOT NULL,
+    cost_nanos BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, model, minute)
+);
+CREATE TABLE model_latency (
+    tenant_id TEXT COLLATE "C" NOT NULL REFERENCES tenants(id),
+    model TEXT COLLATE "C" NOT NULL,
+    minute BIGINT NOT NULL,
+    bucket BIGINT NOT NULL,
+    count BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, model, minute, bucket)
+);
+ALTER TABLE model_minutes ENABLE ROW LEVEL SECURITY;
+ALTER TABLE model_minutes FORCE ROW LEVEL SECURITY;
+ALTER TABLE model_latency ENABLE ROW LEVEL SECURITY;
+ALTER TABLE model_latency FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_rows ON model_minutes FOR ALL
+    USING (tenant_id = nullif(current_setting('app.tenant_id', true), ''))
+    WITH CHECK (tenant_id = nullif(current_setting('app.tenant_id', true), ''));
+CREATE POLICY tenant_rows ON model_latency FOR ALL
+    USING (tenant_id = nullif(current_setting('app.tenant_id', true), ''))
+    WITH CHECK (tenant_id = nullif(current_setting('app.tenant_id', true), ''));
+"#,
+    ),
 ];
 
 /// What the application role may do, table by table: exactly what the methods of this module
@@ -423,6 +460,8 @@ pub const APP_GRANTS: &[(&str, &str)] = &[
     ("policy_versions", "SELECT, INSERT"),
     ("model_profiles", "SELECT, INSERT, UPDATE, DELETE"),
     ("usage_daily", "SELECT, INSERT, UPDATE"),
+    ("model_minutes", "SELECT, INSERT, UPDATE"),
+    ("model_latency", "SELECT, INSERT, UPDATE"),
     ("audit_events", "SELECT, INSERT"),
     ("audit_heads", "SELECT, INSERT, UPDATE"),
     ("audit_checkpoints", "SELECT, INSERT"),
@@ -912,6 +951,66 @@ fn credential_from(row: &PgRow) -> Result<UpstreamCredential> {
         updated_at_ms: row.try_get("updated_at")?,
         created_by: row.try_get("created_by")?,
     })
+}
+
+fn model_minute_from(row: &PgRow) -> Result<ModelMinute> {
+    Ok(ModelMinute {
+        tenant_id: row.try_get("tenant_id")?,
+        model: row.try_get("model")?,
+        minute: row.try_get("minute")?,
+        requests: row.try_get("requests")?,
+        status_2xx: row.try_get("status_2xx")?,
+        status_4xx: row.try_get("status_4xx")?,
+        status_5xx: row.try_get("status_5xx")?,
+        input_tokens: row.try_get("input_tokens")?,
+        output_tokens: row.try_get("output_tokens")?,
+        cost_nanos: row.try_get("cost_nanos")?,
+    })
+}
+
+fn latency_bucket_from(row: &PgRow) -> Result<LatencyBucket> {
+    Ok(LatencyBucket {
+        tenant_id: row.try_get("tenant_id")?,
+        model: row.try_get("model")?,
+        minute: row.try_get("minute")?,
+        bucket: row.try_get("bucket")?,
+        count: row.try_get("count")?,
+    })
+}
+
+async fn insert_model_minute(c: &mut PgConnection, m: &ModelMinute) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO model_minutes (tenant_id, model, minute, requests, status_2xx, status_4xx, status_5xx, input_tokens, \
+         output_tokens, cost_nanos) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (tenant_id, model, minute) DO UPDATE SET requests = model_minutes.requests + excluded.requests, status_2xx = model_minutes.status_2xx + excluded.status_2xx, status_4xx = model_minutes.status_4xx + excluded.status_4xx, status_5xx = model_minutes.status_5xx + excluded.status_5xx, input_tokens = model_minutes.input_tokens + excluded.input_tokens, output_tokens = model_minutes.output_tokens + excluded.output_tokens, cost_nanos = model_minutes.cost_nanos + excluded.cost_nanos",
+    )
+    .bind(&m.tenant_id)
+    .bind(&m.model)
+    .bind(m.minute)
+    .bind(m.requests)
+    .bind(m.status_2xx)
+    .bind(m.status_4xx)
+    .bind(m.status_5xx)
+    .bind(m.input_tokens)
+    .bind(m.output_tokens)
+    .bind(m.cost_nanos)
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}
+
+async fn insert_latency_bucket(c: &mut PgConnection, l: &LatencyBucket) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO model_latency (tenant_id, model, minute, bucket, count) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (tenant_id, model, minute, bucket) DO UPDATE SET count = model_latency.count + excluded.count",
+    )
+    .bind(&l.tenant_id)
+    .bind(&l.model)
+    .bind(l.minute)
+    .bind(l.bucket)
+    .bind(l.count)
+    .execute(&mut *c)
+    .await?;
+    Ok(())
 }
 
 fn model_profile_from(row: &PgRow) -> Result<ModelProfile> {
@@ -1871,6 +1970,61 @@ impl Store for PgStore {
         .await?;
         tx.commit().await?;
         rows.iter().map(usage_from).collect()
+    }
+
+    async fn add_model_metrics(&self, minutes: &[ModelMinute], latency: &[LatencyBucket]) -> Result<()> {
+        let mut tenants: Vec<&str> =
+            minutes.iter().map(|m| m.tenant_id.as_str()).chain(latency.iter().map(|l| l.tenant_id.as_str())).collect();
+        tenants.sort_unstable();
+        tenants.dedup();
+        for tenant in tenants {
+            let mut tx = tenant_tx(&self.pool, tenant).await?;
+            for m in minutes.iter().filter(|m| m.tenant_id == tenant && !has_nul(&m.model)) {
+                insert_model_minute(&mut tx, m).await?;
+            }
+            for l in latency.iter().filter(|l| l.tenant_id == tenant && !has_nul(&l.model)) {
+                insert_latency_bucket(&mut tx, l).await?;
+            }
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    async fn model_metrics(
+        &self,
+        scope: &TenantScope,
+        model: &str,
+        from_minute: i64,
+        to_minute: i64,
+    ) -> Result<(Vec<ModelMinute>, Vec<LatencyBucket>)> {
+        if has_nul(model) {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let tenant = scope.tenant_id().as_str();
+        let mut tx = tenant_tx(&self.pool, tenant).await?;
+        let minutes = sqlx::query(
+            "SELECT * FROM model_minutes WHERE tenant_id = $1 AND model = $2 AND minute >= $3 AND minute < $4 ORDER BY minute",
+        )
+        .bind(tenant)
+        .bind(model)
+        .bind(from_minute)
+        .bind(to_minute)
+        .fetch_all(&mut *tx)
+        .await?;
+        let latency = sqlx::query(
+            "SELECT * FROM model_latency WHERE tenant_id = $1 AND model = $2 AND minute >= $3 AND minute < $4 ORDER BY minute, bucket",
+        )
+        .bind(tenant)
+        .bind(model)
+        .bind(from_minute)
+        .bind(to_minute)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((
+            minutes.iter().map(model_minute_from).collect::<Result<_>>()?,
+            latency.iter().map(latency_bucket_from).collect::<Result<_>>()?,
+        ))
     }
 
     async fn changes_since(&self, seq: i64, limit: u32) -> Result<Vec<Change>> {

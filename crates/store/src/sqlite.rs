@@ -191,6 +191,34 @@ ALTER TABLE tenant_limits ADD COLUMN budget_daily_nanos BIGINT NULL;
 ALTER TABLE tenant_limits ADD COLUMN budget_monthly_nanos BIGINT NULL;
 "#,
     ),
+    (
+        8,
+        // Per model and minute: counters, and latency as histogram buckets (see
+        // `ModelMinute` and `LatencyBucket`).
+        r#"
+CREATE TABLE model_minutes (
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    model TEXT NOT NULL,
+    minute BIGINT NOT NULL,
+    requests BIGINT NOT NULL,
+    status_2xx BIGINT NOT NULL,
+    status_4xx BIGINT NOT NULL,
+    status_5xx BIGINT NOT NULL,
+    input_tokens BIGINT NOT NULL,
+    output_tokens BIGINT NOT NULL,
+    cost_nanos BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, model, minute)
+);
+CREATE TABLE model_latency (
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    model TEXT NOT NULL,
+    minute BIGINT NOT NULL,
+    bucket BIGINT NOT NULL,
+    count BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, model, minute, bucket)
+);
+"#,
+    ),
 ];
 
 const AUDIT_MIGRATIONS: &[(i64, &str)] = &[
@@ -423,6 +451,66 @@ fn credential_from(row: &SqliteRow) -> Result<UpstreamCredential> {
         updated_at_ms: row.try_get("updated_at")?,
         created_by: row.try_get("created_by")?,
     })
+}
+
+fn model_minute_from(row: &SqliteRow) -> Result<ModelMinute> {
+    Ok(ModelMinute {
+        tenant_id: row.try_get("tenant_id")?,
+        model: row.try_get("model")?,
+        minute: row.try_get("minute")?,
+        requests: row.try_get("requests")?,
+        status_2xx: row.try_get("status_2xx")?,
+        status_4xx: row.try_get("status_4xx")?,
+        status_5xx: row.try_get("status_5xx")?,
+        input_tokens: row.try_get("input_tokens")?,
+        output_tokens: row.try_get("output_tokens")?,
+        cost_nanos: row.try_get("cost_nanos")?,
+    })
+}
+
+fn latency_bucket_from(row: &SqliteRow) -> Result<LatencyBucket> {
+    Ok(LatencyBucket {
+        tenant_id: row.try_get("tenant_id")?,
+        model: row.try_get("model")?,
+        minute: row.try_get("minute")?,
+        bucket: row.try_get("bucket")?,
+        count: row.try_get("count")?,
+    })
+}
+
+async fn insert_model_minute(c: &mut sqlx::SqliteConnection, m: &ModelMinute) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO model_minutes (tenant_id, model, minute, requests, status_2xx, status_4xx, status_5xx, input_tokens, \
+         output_tokens, cost_nanos) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id, model, minute) DO UPDATE SET requests = requests + excluded.requests, status_2xx = status_2xx + excluded.status_2xx, status_4xx = status_4xx + excluded.status_4xx, status_5xx = status_5xx + excluded.status_5xx, input_tokens = input_tokens + excluded.input_tokens, output_tokens = output_tokens + excluded.output_tokens, cost_nanos = cost_nanos + excluded.cost_nanos",
+    )
+    .bind(&m.tenant_id)
+    .bind(&m.model)
+    .bind(m.minute)
+    .bind(m.requests)
+    .bind(m.status_2xx)
+    .bind(m.status_4xx)
+    .bind(m.status_5xx)
+    .bind(m.input_tokens)
+    .bind(m.output_tokens)
+    .bind(m.cost_nanos)
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}
+
+async fn insert_latency_bucket(c: &mut sqlx::SqliteConnection, l: &LatencyBucket) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO model_latency (tenant_id, model, minute, bucket, count) VALUES (?, ?, ?, ?, ?) \
+         ON CONFLICT (tenant_id, model, minute, bucket) DO UPDATE SET count = count + excluded.count",
+    )
+    .bind(&l.tenant_id)
+    .bind(&l.model)
+    .bind(l.minute)
+    .bind(l.bucket)
+    .bind(l.count)
+    .execute(&mut *c)
+    .await?;
+    Ok(())
 }
 
 fn model_profile_from(row: &SqliteRow) -> Result<ModelProfile> {
@@ -1224,6 +1312,53 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(usage_from).collect()
+    }
+
+    async fn add_model_metrics(&self, minutes: &[ModelMinute], latency: &[LatencyBucket]) -> Result<()> {
+        if minutes.is_empty() && latency.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for m in minutes {
+            insert_model_minute(&mut tx, m).await?;
+        }
+        for l in latency {
+            insert_latency_bucket(&mut tx, l).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn model_metrics(
+        &self,
+        scope: &TenantScope,
+        model: &str,
+        from_minute: i64,
+        to_minute: i64,
+    ) -> Result<(Vec<ModelMinute>, Vec<LatencyBucket>)> {
+        let tenant = scope.tenant_id().as_str();
+        let minutes = sqlx::query(
+            "SELECT * FROM model_minutes WHERE tenant_id = ? AND model = ? AND minute >= ? AND minute < ? ORDER BY minute",
+        )
+        .bind(tenant)
+        .bind(model)
+        .bind(from_minute)
+        .bind(to_minute)
+        .fetch_all(&self.pool)
+        .await?;
+        let latency = sqlx::query(
+            "SELECT * FROM model_latency WHERE tenant_id = ? AND model = ? AND minute >= ? AND minute < ? ORDER BY minute, bucket",
+        )
+        .bind(tenant)
+        .bind(model)
+        .bind(from_minute)
+        .bind(to_minute)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok((
+            minutes.iter().map(model_minute_from).collect::<Result<_>>()?,
+            latency.iter().map(latency_bucket_from).collect::<Result<_>>()?,
+        ))
     }
 
     async fn changes_since(&self, seq: i64, limit: u32) -> Result<Vec<Change>> {

@@ -30,6 +30,7 @@ pub struct CredentialView {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RouteParam {
     pub route: String,

@@ -6,6 +6,7 @@ mod credentials;
 mod decide;
 mod health;
 mod keys;
+mod model_metrics;
 mod model_profiles;
 mod policies;
 mod tenants;
@@ -51,6 +52,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(policies::evaluate))
         .routes(routes!(policies::simulate))
         .routes(routes!(usage::query))
+        .routes(routes!(model_metrics::metrics))
         .routes(routes!(model_profiles::list, model_profiles::create))
         .routes(routes!(model_profiles::get, model_profiles::update, model_profiles::delete))
 }
@@ -91,6 +93,7 @@ pub async fn openapi_json(State(s): State<AppState>) -> impl IntoResponse {
 pub const MAX_PAGE: u32 = 500;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PageParams {
     /// Items per page (1–500, default 100).

@@ -124,3 +124,83 @@ fn policy_commands_validate_with_positions_and_the_server_enforces_what_they_sav
     let events = s.cli_json(&["audit", "query", "--action", "policy.create"]);
     assert_eq!(events.as_array().unwrap().len(), 1, "one create, none for the refused one");
 }
+
+#[test]
+fn usage_reads_what_the_server_wrote_as_the_api_reports_it() {
+    let up = crate::upstream::Upstream::start();
+    let config = up.route("/llm", "", "conversation.send", "kind = \"openai\"");
+    let s = Server::start_with(&[], Some(&config));
+    let op = s.operator_token();
+    let t = s.create_tenant(&op, "llm", "pro");
+    let (_, key) = s.create_key(&op, &t, "service");
+    let r = s
+        .post("/v1/model-profiles")
+        .bearer_auth(&op)
+        .header("x-tenant-id", &t)
+        .json(&serde_json::json!({
+            "role": "chat", "deployment_mode": "realtime", "model": "gpt-test", "base_url": up.url(),
+            "temperature": 0.2, "input_price_per_1k": 0.5, "output_price_per_1k": 1.5,
+        }))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().unwrap());
+    // The scripted upstream answers as many prompt tokens as the content has characters, and
+    // `max_tokens` completion tokens.
+    for (model, content, max_tokens) in [("gpt-test", "hello world", 20), ("gpt-test", "abc", 5), ("unpriced", "xy", 3)]
+    {
+        let body = serde_json::json!({"model": model, "max_tokens": max_tokens, "messages": [{"role": "user", "content": content}]});
+        let r = s.post("/llm/v1/chat/completions").header("x-api-key", &key).json(&body).send().unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
+    // Another process: it sees what the server has written (every second), and flushes nothing.
+    let mut cli = Value::Null;
+    let written = crate::harness::eventually(std::time::Duration::from_secs(5), || {
+        cli = s.cli_json(&["usage", "--tenant", &t, "--group-by", "model"]);
+        cli["totals"]["requests"] == 3
+    });
+    assert!(written, "the server's usage reached the store: {cli}");
+    let priced = cli["items"].as_array().unwrap().iter().find(|i| i["model"] == "gpt-test").cloned().unwrap();
+    assert_eq!((priced["input_tokens"].as_i64(), priced["output_tokens"].as_i64()), (Some(14), Some(25)), "{cli}");
+    assert_eq!(priced["cost_nanos"], 14 * 500_000 + 25 * 1_500_000);
+    let api = |query: &str| -> Value {
+        let r = s.get(&format!("/v1/usage?{query}")).bearer_auth(&op).header("x-tenant-id", &t).send().unwrap();
+        assert_eq!(r.status(), 200);
+        r.json().unwrap()
+    };
+    assert_eq!(cli, api("group_by=model"), "the same report, field for field");
+    assert_eq!(
+        s.cli_json(&["usage", "--tenant", &t, "--group-by", "principal,route", "--model", "gpt-test"]),
+        api("group_by=principal,route&model=gpt-test")
+    );
+    let today = cli["to"].as_str().unwrap().to_owned();
+    assert_eq!(
+        s.cli_json(&["usage", "--tenant", &t, "--from", &today, "--to", &today, "--group-by", ""]),
+        api(&format!("from={today}&to={today}&group_by="))
+    );
+    let out = s.cli(&["usage", "--tenant", &t, "--group-by", "model"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("gpt-test") && text.contains("unpriced") && text.contains("$0.0445"), "{text}");
+    assert!(text.lines().last().unwrap().starts_with("TOTAL"), "{text}");
+
+    for (args, needle) in [
+        (vec!["--from", "2026-13-01"], "2026-13-01"),
+        (vec!["--to", "yesterday"], "yesterday"),
+        (vec!["--group-by", "colour"], "colour"),
+        (vec!["--from", "2026-12-02", "--to", "2026-12-01"], "after"),
+        (vec!["--from", "2024-01-01", "--to", "2026-01-01"], "366 days"),
+    ] {
+        let mut all = vec!["usage", "--tenant", t.as_str()];
+        all.extend_from_slice(&args);
+        let out = s.cli(&all);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle) && !err.contains("panicked"), "{args:?}: `{err}` should name `{needle}`");
+    }
+    for (tenant, needle) in [("not-a-uuid", "not-a-uuid"), ("01900000-0000-7000-8000-000000000000", "no tenant")] {
+        let out = s.cli(&["usage", "--tenant", tenant]);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains(needle), "{tenant}");
+    }
+}

@@ -189,9 +189,16 @@ fn openapi_documents_every_route() {
         ("/v1/model-profiles/{id}", "put"),
         ("/v1/model-profiles/{id}", "delete"),
         ("/v1/usage", "get"),
+        ("/v1/model-profiles/{id}/metrics", "get"),
     ];
     for (p, m) in expected {
         assert!(paths.get(p).and_then(|v| v.get(m)).is_some(), "{m} {p} documented");
+    }
+    // Query parameters are documented as such (not as path parameters).
+    for (p, name) in [("/v1/usage", "from"), ("/v1/audit", "user_id"), ("/v1/model-profiles/{id}/metrics", "window")] {
+        let params = paths[p]["get"]["parameters"].as_array().unwrap();
+        let param = params.iter().find(|x| x["name"] == name).unwrap_or_else(|| panic!("{p} documents `{name}`"));
+        assert_eq!(param["in"], "query", "{p} {name}");
     }
     let documented: usize = paths.values().map(|v| v.as_object().unwrap().len()).sum();
     assert_eq!(

@@ -25,6 +25,8 @@ const TENANT_TABLES: &[&str] = &[
     "policy_versions",
     "model_profiles",
     "usage_daily",
+    "model_minutes",
+    "model_latency",
 ];
 
 /// What the application role must be granted, and nothing more.
@@ -34,6 +36,8 @@ const EXPECTED_GRANTS: &[(&str, &[&str])] = &[
     ("audit_events", &["INSERT", "SELECT"]),
     ("audit_heads", &["INSERT", "SELECT", "UPDATE"]),
     ("changes", &["INSERT", "SELECT"]),
+    ("model_latency", &["INSERT", "SELECT", "UPDATE"]),
+    ("model_minutes", &["INSERT", "SELECT", "UPDATE"]),
     ("model_profiles", &["DELETE", "INSERT", "SELECT", "UPDATE"]),
     ("policies", &["DELETE", "INSERT", "SELECT", "UPDATE"]),
     ("policy_versions", &["INSERT", "SELECT"]),

@@ -14,7 +14,8 @@
 //!   (other bodies get the echo): `prompt_tokens` is the
 //!   number of characters of the messages' contents, `completion_tokens` the request's
 //!   `max_tokens` (7 when absent); with `"stream": true` three SSE chunks, the usage chunk only
-//!   when `stream_options.include_usage` is set (as OpenAI does), then `data: [DONE]`;
+//!   when `stream_options.include_usage` is set (as OpenAI does), then `data: [DONE]`; a
+//!   `delay_ms` field waits that long first, `"fail": true` answers 500;
 //! - anything else: echo, a JSON [`Seen`] of the request.
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Write};
@@ -395,6 +396,12 @@ fn wait_for_permit(sh: &Shared) -> std::io::Result<()> {
 /// The scripted chat completion (see the module header).
 fn completion(w: &mut TcpStream, seen: &Seen) -> std::io::Result<()> {
     let req: Value = serde_json::from_str(&seen.body_text).unwrap_or(Value::Null);
+    if let Some(ms) = req["delay_ms"].as_u64() {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+    if req["fail"].as_bool() == Some(true) {
+        return respond(w, 500, &[("content-type", String::from("application/json"))], br#"{"error":"scripted"}"#);
+    }
     let model = req["model"].as_str().unwrap_or("unknown").to_owned();
     let prompt: usize = req["messages"]
         .as_array()

@@ -178,3 +178,87 @@ fn bad_usage_queries_name_the_problem() {
         assert!(v["request_id"].is_string());
     }
 }
+
+#[test]
+fn model_metrics_match_the_traffic_sent() {
+    let g = llm("pro");
+    price_model(&g, "timed");
+    let profile: Value =
+        g.s.get("/v1/model-profiles")
+            .bearer_auth(&g.op)
+            .header("x-tenant-id", &g.tenant)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+    let id = profile["items"][0]["id"].as_str().unwrap().to_owned();
+    // 19 answers after 10 ms, one after 300 ms, two upstream failures; each prompt 4 characters,
+    // each completion 5 tokens.
+    let mut client_ms = Vec::new();
+    let mut send = |delay: u64, fail: bool| {
+        let started = std::time::Instant::now();
+        let (status, _) = chat(
+            &g,
+            json!({"model": "timed", "max_tokens": 5, "delay_ms": delay, "fail": fail,
+                   "messages": [{"role": "user", "content": "abcd"}]}),
+        );
+        client_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        status
+    };
+    for _ in 0..19 {
+        assert_eq!(send(10, false), 200);
+    }
+    assert_eq!(send(300, false), 200);
+    assert_eq!(send(0, true), 500);
+    assert_eq!(send(0, true), 500);
+
+    let m: Value =
+        g.s.get(&format!("/v1/model-profiles/{id}/metrics?window=1h"))
+            .bearer_auth(&g.op)
+            .header("x-tenant-id", &g.tenant)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+    assert_eq!(m["model"], "timed");
+    assert_eq!(
+        (m["requests"].as_i64(), m["status_2xx"].as_i64(), m["status_5xx"].as_i64()),
+        (Some(22), Some(20), Some(2)),
+        "{m}"
+    );
+    assert!((m["success_rate"].as_f64().unwrap() - 20.0 / 22.0).abs() < 1e-9);
+    // Tokens and cost of the 20 answers: 80 prompt and 100 completion tokens at 0.5 / 1.5 USD per 1K.
+    assert_eq!((m["input_tokens"].as_i64(), m["output_tokens"].as_i64()), (Some(80), Some(100)));
+    assert_eq!(m["cost_nanos"], 80 * 500_000 + 100 * 1_500_000);
+    let per_1k = m["cost_per_1k_tokens_usd"].as_f64().unwrap();
+    assert!((per_1k - (0.04 + 0.15) / 180.0 * 1000.0).abs() < 1e-9, "{per_1k}");
+    // Percentiles: the gateway's latency of a request is at least the upstream's delay and at most
+    // what the client measured; the histogram reports at most 10 % above the true value.
+    let quantile = |q: f64| {
+        let mut v = client_ms.clone();
+        v.sort_by(f64::total_cmp);
+        v[((q * v.len() as f64).ceil() as usize).max(1) - 1]
+    };
+    let p = |name: &str| m["latency_ms"][name].as_f64().unwrap();
+    assert!(p("p50") <= quantile(0.5) * 1.1 + 0.01, "{m} vs client {client_ms:?}");
+    assert!(p("p95") <= quantile(0.95) * 1.1 + 0.01, "{m} vs client {client_ms:?}");
+    assert!(p("p99") >= 300.0 && p("p99") <= quantile(0.99) * 1.1 + 0.01, "{m} vs client {client_ms:?}");
+    assert!(p("p50") <= p("p95") && p("p95") <= p("p99"));
+    let series = m["series"].as_array().unwrap();
+    assert_eq!(series.len(), 60);
+    assert_eq!(series.iter().map(|s| s["requests"].as_i64().unwrap()).sum::<i64>(), 22);
+
+    // Bad window, and another tenant, are refused.
+    let (status, _) = problem(
+        g.s.get(&format!("/v1/model-profiles/{id}/metrics?window=2h"))
+            .bearer_auth(&g.op)
+            .header("x-tenant-id", &g.tenant)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, 400);
+    let other = g.s.create_tenant(&g.op, "other", "pro");
+    let (_, other_admin) = g.s.create_key(&g.op, &other, "admin");
+    let r = g.s.get(&format!("/v1/model-profiles/{id}/metrics")).header("x-api-key", &other_admin).send().unwrap();
+    assert_eq!(r.status(), 404);
+}
