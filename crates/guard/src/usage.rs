@@ -188,6 +188,17 @@ impl Guard {
         self.cache.remove_model_profiles(tenant);
     }
 
+    /// What `input` and `output` tokens of `model` cost the tenant (nano-USD) at its model
+    /// profile's prices; 0 for a model without a profile.
+    async fn token_cost(&self, tenant: &str, model: &str, input: i64, output: i64) -> Result<i64, StoreError> {
+        if model.is_empty() || (input == 0 && output == 0) {
+            return Ok(0);
+        }
+        let Ok(tenant) = TenantId::parse(tenant) else { return Ok(0) };
+        let profiles = self.model_profiles(&tenant).await?;
+        Ok(profiles.iter().find(|p| p.model == model).map_or(0, |p| cost_nanos(p, input, output)))
+    }
+
     /// Prices what accumulated and adds it to the store. On failure the rows are kept for the
     /// next attempt (nothing is lost while the process lives).
     pub async fn flush_usage_ledger(&self) -> Result<(), StoreError> {
@@ -199,16 +210,8 @@ impl Guard {
         // Priced on a copy: on failure the rows go back as they were (priced again next time).
         let mut priced = rows.clone();
         for r in &mut priced {
-            if r.model.is_empty() || (r.input_tokens == 0 && r.output_tokens == 0) {
-                continue;
-            }
-            let Ok(tenant) = TenantId::parse(&r.tenant_id) else { continue };
-            match self.model_profiles(&tenant).await {
-                Ok(profiles) => {
-                    if let Some(p) = profiles.iter().find(|p| p.model == r.model) {
-                        r.cost_nanos = r.cost_nanos.saturating_add(cost_nanos(p, r.input_tokens, r.output_tokens));
-                    }
-                }
+            match self.token_cost(&r.tenant_id, &r.model, r.input_tokens, r.output_tokens).await {
+                Ok(c) => r.cost_nanos = r.cost_nanos.saturating_add(c),
                 Err(e) => {
                     self.usage.restore(rows);
                     return Err(e);
@@ -230,13 +233,8 @@ impl Guard {
         }
         let mut minutes: Vec<ModelMinute> = rows.iter().map(|(m, _)| m.clone()).collect();
         for m in &mut minutes {
-            let Ok(tenant) = TenantId::parse(&m.tenant_id) else { continue };
-            match self.model_profiles(&tenant).await {
-                Ok(profiles) => {
-                    if let Some(p) = profiles.iter().find(|p| p.model == m.model) {
-                        m.cost_nanos = m.cost_nanos.saturating_add(cost_nanos(p, m.input_tokens, m.output_tokens));
-                    }
-                }
+            match self.token_cost(&m.tenant_id, &m.model, m.input_tokens, m.output_tokens).await {
+                Ok(c) => m.cost_nanos = m.cost_nanos.saturating_add(c),
                 Err(e) => {
                     self.usage.restore_minutes(rows);
                     return Err(e);
