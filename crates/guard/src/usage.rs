@@ -28,7 +28,8 @@ pub struct UsageEvent {
     pub at_ms: i64,
 }
 
-type Key = (String, String, String, String, String);
+/// (tenant, UTC day number, caller, model, route): the day is formatted only when a row is made.
+type Key = (String, i64, String, String, String);
 
 type MinuteKey = (String, String, i64);
 /// A model's minute: its counters and its latency buckets (bucket → count).
@@ -45,54 +46,61 @@ fn clamp(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+const DAY_MS: i64 = 86_400_000;
+
 impl UsageLedger {
     pub fn record(&self, e: UsageEvent) {
+        // One request's counters; the rows it is added to carry the keys.
+        let (s2, s4, s5) = match e.status {
+            200..=399 => (1, 0, 0),
+            400..=499 => (0, 1, 0),
+            _ => (0, 0, 1),
+        };
+        let one = UsageRow {
+            requests: 1,
+            status_2xx: s2,
+            status_4xx: s4,
+            status_5xx: s5,
+            input_tokens: clamp(e.input_tokens),
+            output_tokens: clamp(e.output_tokens),
+            latency_ms_sum: clamp(e.latency_ms),
+            cost_nanos: e.unmetered_nanos,
+            ..UsageRow::default()
+        };
         if !e.model.is_empty() {
             let minute = e.at_ms.div_euclid(60_000);
             let mut minutes = self.minutes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let (m, hist) = minutes.entry((e.tenant.to_string(), e.model.clone(), minute)).or_insert_with(|| {
+            let (m, hist) = minutes.entry((e.tenant.to_string(), e.model.clone(), minute)).or_insert_with_key(|k| {
                 (
-                    ModelMinute {
-                        tenant_id: e.tenant.to_string(),
-                        model: e.model.clone(),
-                        minute,
-                        ..ModelMinute::default()
-                    },
+                    ModelMinute { tenant_id: k.0.clone(), model: k.1.clone(), minute, ..ModelMinute::default() },
                     HashMap::new(),
                 )
             });
-            m.requests += 1;
-            match e.status {
-                200..=399 => m.status_2xx += 1,
-                400..=499 => m.status_4xx += 1,
-                _ => m.status_5xx += 1,
-            }
-            m.input_tokens = m.input_tokens.saturating_add(clamp(e.input_tokens));
-            m.output_tokens = m.output_tokens.saturating_add(clamp(e.output_tokens));
-            m.cost_nanos = m.cost_nanos.saturating_add(e.unmetered_nanos);
+            m.add(&ModelMinute {
+                requests: one.requests,
+                status_2xx: one.status_2xx,
+                status_4xx: one.status_4xx,
+                status_5xx: one.status_5xx,
+                input_tokens: one.input_tokens,
+                output_tokens: one.output_tokens,
+                cost_nanos: one.cost_nanos,
+                ..ModelMinute::default()
+            });
             *hist.entry(portcullis_core::histogram::bucket(e.latency_us)).or_insert(0) += 1;
         }
-        let day = portcullis_core::timefmt::utc_date(e.at_ms);
-        let key = (e.tenant.to_string(), day, e.principal, e.model, e.route);
+        let key = (e.tenant.to_string(), e.at_ms.div_euclid(DAY_MS), e.principal, e.model, e.route);
         let mut pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let row = pending.entry(key).or_insert_with_key(|k| UsageRow {
-            tenant_id: k.0.clone(),
-            day: k.1.clone(),
-            principal_id: k.2.clone(),
-            model: k.3.clone(),
-            route: k.4.clone(),
-            ..UsageRow::default()
-        });
-        row.requests += 1;
-        match e.status {
-            200..=399 => row.status_2xx += 1,
-            400..=499 => row.status_4xx += 1,
-            _ => row.status_5xx += 1,
-        }
-        row.input_tokens = row.input_tokens.saturating_add(clamp(e.input_tokens));
-        row.output_tokens = row.output_tokens.saturating_add(clamp(e.output_tokens));
-        row.latency_ms_sum = row.latency_ms_sum.saturating_add(clamp(e.latency_ms));
-        row.cost_nanos = row.cost_nanos.saturating_add(e.unmetered_nanos);
+        pending
+            .entry(key)
+            .or_insert_with_key(|k| UsageRow {
+                tenant_id: k.0.clone(),
+                day: portcullis_core::timefmt::utc_date(k.1 * DAY_MS),
+                principal_id: k.2.clone(),
+                model: k.3.clone(),
+                route: k.4.clone(),
+                ..UsageRow::default()
+            })
+            .add(&one);
     }
 
     fn take_minutes(&self) -> Vec<MinuteEntry> {
@@ -100,23 +108,22 @@ impl UsageLedger {
         std::mem::take(&mut *m).into_values().collect()
     }
 
+    /// Puts minutes back after a failed write, adding to whatever arrived meanwhile.
     fn restore_minutes(&self, rows: Vec<MinuteEntry>) {
         let mut all = self.minutes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for (r, hist) in rows {
-            let (m, h) = all
-                .entry((r.tenant_id.clone(), r.model.clone(), r.minute))
-                .or_insert_with(|| (ModelMinute { requests: 0, ..r.clone() }, HashMap::new()));
-            if m.requests > 0 {
-                m.requests += r.requests;
-                m.status_2xx += r.status_2xx;
-                m.status_4xx += r.status_4xx;
-                m.status_5xx += r.status_5xx;
-                m.input_tokens = m.input_tokens.saturating_add(r.input_tokens);
-                m.output_tokens = m.output_tokens.saturating_add(r.output_tokens);
-                m.cost_nanos = m.cost_nanos.saturating_add(r.cost_nanos);
-            } else {
-                *m = r;
-            }
+            let (m, h) = all.entry((r.tenant_id.clone(), r.model.clone(), r.minute)).or_insert_with(|| {
+                (
+                    ModelMinute {
+                        tenant_id: r.tenant_id.clone(),
+                        model: r.model.clone(),
+                        minute: r.minute,
+                        ..ModelMinute::default()
+                    },
+                    HashMap::new(),
+                )
+            });
+            m.add(&r);
             for (b, c) in hist {
                 *h.entry(b).or_insert(0) += c;
             }
@@ -132,36 +139,23 @@ impl UsageLedger {
     fn restore(&self, rows: Vec<UsageRow>) {
         let mut pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for r in rows {
-            let key = (r.tenant_id.clone(), r.day.clone(), r.principal_id.clone(), r.model.clone(), r.route.clone());
-            let e = pending.entry(key).or_insert_with(|| UsageRow { requests: 0, ..r.clone() });
-            if e.requests > 0 {
-                e.requests += r.requests;
-                e.status_2xx += r.status_2xx;
-                e.status_4xx += r.status_4xx;
-                e.status_5xx += r.status_5xx;
-                e.input_tokens = e.input_tokens.saturating_add(r.input_tokens);
-                e.output_tokens = e.output_tokens.saturating_add(r.output_tokens);
-                e.latency_ms_sum = e.latency_ms_sum.saturating_add(r.latency_ms_sum);
-                e.cost_nanos = e.cost_nanos.saturating_add(r.cost_nanos);
-            } else {
-                *e = r;
-            }
+            let day = portcullis_core::timefmt::parse_rfc3339_ms(&format!("{}T00:00:00Z", r.day)).unwrap_or(0) / DAY_MS;
+            let key = (r.tenant_id.clone(), day, r.principal_id.clone(), r.model.clone(), r.route.clone());
+            pending.entry(key).or_insert_with(|| UsageRow::keys_of(&r)).add(&r);
         }
     }
 }
 
-/// Nano-USD for `input` and `output` tokens at the profile's prices (micro-USD per 1 000 tokens
-/// is nano-USD per token).
-pub fn cost_nanos(p: &ModelProfile, input: i64, output: i64) -> i64 {
-    input
-        .saturating_mul(p.input_price_micros_per_1k)
-        .saturating_add(output.saturating_mul(p.output_price_micros_per_1k))
+/// Nano-USD for token counts at prices in micro-USD per 1 000 tokens (= nano-USD per token),
+/// saturating.
+pub fn cost_nanos_u64(in_price: i64, out_price: i64, input: u64, output: u64) -> i64 {
+    clamp(input).saturating_mul(in_price).saturating_add(clamp(output).saturating_mul(out_price))
 }
 
-/// Nano-USD for token counts at prices in micro-USD per 1 000 tokens (saturating).
-pub fn cost_nanos_u64(in_price: i64, out_price: i64, input: u64, output: u64) -> i64 {
-    let t = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-    t(input).saturating_mul(in_price).saturating_add(t(output).saturating_mul(out_price))
+/// The same at a profile's prices.
+pub fn cost_nanos(p: &ModelProfile, input: i64, output: i64) -> i64 {
+    let n = |v: i64| u64::try_from(v).unwrap_or(0);
+    cost_nanos_u64(p.input_price_micros_per_1k, p.output_price_micros_per_1k, n(input), n(output))
 }
 
 impl Guard {

@@ -269,6 +269,32 @@ pub struct UsageRow {
     pub cost_nanos: i64,
 }
 
+impl UsageRow {
+    /// A row with `other`'s keys and no counts.
+    pub fn keys_of(other: &UsageRow) -> UsageRow {
+        UsageRow {
+            tenant_id: other.tenant_id.clone(),
+            day: other.day.clone(),
+            principal_id: other.principal_id.clone(),
+            model: other.model.clone(),
+            route: other.route.clone(),
+            ..UsageRow::default()
+        }
+    }
+
+    /// Adds `other`'s counters to this row's (the keys are the caller's business).
+    pub fn add(&mut self, other: &UsageRow) {
+        self.requests = self.requests.saturating_add(other.requests);
+        self.status_2xx = self.status_2xx.saturating_add(other.status_2xx);
+        self.status_4xx = self.status_4xx.saturating_add(other.status_4xx);
+        self.status_5xx = self.status_5xx.saturating_add(other.status_5xx);
+        self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
+        self.latency_ms_sum = self.latency_ms_sum.saturating_add(other.latency_ms_sum);
+        self.cost_nanos = self.cost_nanos.saturating_add(other.cost_nanos);
+    }
+}
+
 /// Traffic of one model in one minute, added to (several instances write the same row).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ModelMinute {
@@ -283,6 +309,19 @@ pub struct ModelMinute {
     pub input_tokens: i64,
     pub output_tokens: i64,
     pub cost_nanos: i64,
+}
+
+impl ModelMinute {
+    /// Adds `other`'s counters to this minute's (the keys are the caller's business).
+    pub fn add(&mut self, other: &ModelMinute) {
+        self.requests = self.requests.saturating_add(other.requests);
+        self.status_2xx = self.status_2xx.saturating_add(other.status_2xx);
+        self.status_4xx = self.status_4xx.saturating_add(other.status_4xx);
+        self.status_5xx = self.status_5xx.saturating_add(other.status_5xx);
+        self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
+        self.cost_nanos = self.cost_nanos.saturating_add(other.cost_nanos);
+    }
 }
 
 /// How many requests of a model in a minute fell into one latency bucket (bucket numbering is
