@@ -37,6 +37,12 @@ fi
 # nginx: the auth_request integration test runs the configuration of docs/nginx.md.
 # prometheus: its promtool checks the /metrics output.
 apt_install openssl nginx prometheus
+# chromium + node/npm: the operator UI is walked in headless Chromium by playwright-core (from
+# npm, pinned in crates/portcullis/tests/browser/package-lock.json; it never downloads a browser).
+apt_install chromium
+command -v node >/dev/null || apt_install nodejs
+command -v npm >/dev/null || apt_install npm
+(cd crates/portcullis/tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 
 # Redis for the limiter's conformance tests: the server on the standard loopback port when one
 # answers there, otherwise a throwaway one on a free port in a temp dir (stopped on exit). Each

@@ -16,6 +16,7 @@ mod lane;
 mod verify;
 mod writer;
 
+pub use ed25519_dalek::VerifyingKey;
 pub use jsonl::JsonlSink;
 pub use verify::{FileSources, VerifyReport, verify, verify_sources};
 pub use writer::{Acknowledge, AuditConfig, AuditLog, AuditUnavailable};

@@ -13,6 +13,7 @@ pub mod iplist;
 pub mod limits;
 pub mod principal;
 pub mod rbac;
+pub mod session;
 pub mod tier;
 pub mod timefmt;
 

@@ -16,7 +16,47 @@ pub enum BudgetOutcome {
     Unavailable,
 }
 
+/// A budget window as the UI shows it: settled spend (written every second) against the limit.
+#[derive(Clone, Debug)]
+pub struct WindowStatus {
+    pub kind: &'static str,
+    /// `YYYY-MM-DD` or `YYYY-MM`.
+    pub id: String,
+    pub limit_nanos: Option<i64>,
+    pub spent_nanos: i64,
+    pub reset_ms: i64,
+}
+
 impl Guard {
+    /// The tenant's daily and monthly spend and limits (`None` when there is no such tenant).
+    pub async fn budget_status(&self, tenant: &TenantId) -> Result<Option<[WindowStatus; 2]>, GuardError> {
+        let Some(eff) = self.effective_limits(tenant).await? else { return Ok(None) };
+        let now = self.now_ms();
+        let today = utc_date(now);
+        let (month, month_reset) = utc_month(now);
+        let scope = TenantScope::authorized(tenant.clone(), false);
+        let rows = self.store.usage(&scope, &format!("{month}-01"), &today).await?;
+        let sum = |f: &dyn Fn(&str) -> bool| {
+            rows.iter().filter(|r| f(&r.day)).fold(0i64, |a, r| a.saturating_add(r.cost_nanos))
+        };
+        Ok(Some([
+            WindowStatus {
+                kind: "daily",
+                spent_nanos: sum(&|d| d == today),
+                id: today.clone(),
+                limit_nanos: eff.budget_nanos_per_day,
+                reset_ms: next_utc_midnight_ms(now),
+            },
+            WindowStatus {
+                kind: "monthly",
+                spent_nanos: sum(&|_| true),
+                id: month,
+                limit_nanos: eff.budget_nanos_per_month,
+                reset_ms: month_reset,
+            },
+        ]))
+    }
+
     /// Reserves `amount_nanos` (at least 1, so an exhausted budget refuses even unpriced calls)
     /// in each of the tenant's budget windows, or in none.
     pub async fn reserve_budget(&self, tenant: &TenantId, amount_nanos: i64) -> Result<BudgetOutcome, GuardError> {

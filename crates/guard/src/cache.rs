@@ -52,6 +52,8 @@ pub struct Caches {
     pub model_profiles: DashMap<TenantId, Arc<Vec<portcullis_store::ModelProfile>>>,
     /// The tenant's compiled Cedar policy set (built-in + its enabled documents).
     pub policies: DashMap<TenantId, Arc<portcullis_policy::TenantPolicies>>,
+    /// The tenant's session capture settings with its compiled redaction.
+    pub capture: DashMap<TenantId, Arc<crate::sessions::TenantCapture>>,
 }
 
 impl Caches {
@@ -157,6 +159,12 @@ impl Caches {
             ChangeKind::Policies => {
                 if let Ok(id) = TenantId::parse(&change.entity_id) {
                     self.remove_policies(&id);
+                }
+            }
+            ChangeKind::SessionSettings => {
+                if let Ok(id) = TenantId::parse(&change.entity_id) {
+                    self.bump();
+                    self.capture.remove(&id);
                 }
             }
             ChangeKind::User => {

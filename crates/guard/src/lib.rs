@@ -17,6 +17,7 @@ pub mod password;
 pub mod policies;
 pub mod profiles;
 pub mod sealed;
+pub mod sessions;
 pub mod usage;
 
 pub use jwt::{JwtConfig, JwtKeyConfig};
@@ -190,6 +191,7 @@ pub struct Guard {
     change_seq: AtomicI64,
     policy: Arc<portcullis_policy::Engine>,
     usage: usage::UsageLedger,
+    sessions: sessions::Pending,
     /// Budget windows this process has started from the usage store: (tenant, window id).
     budget_seeded: dashmap::DashMap<(String, String), ()>,
 }
@@ -227,6 +229,7 @@ impl Guard {
             change_seq: AtomicI64::new(seq),
             policy: cfg.policy,
             usage: usage::UsageLedger::default(),
+            sessions: sessions::Pending::default(),
             budget_seeded: dashmap::DashMap::new(),
         }))
     }
@@ -839,6 +842,9 @@ impl Guard {
                 }
                 if let Err(e) = g.flush_usage_ledger().await {
                     tracing::warn!(error = %e, "usage could not be written; kept in memory for the next attempt");
+                }
+                if let Err(e) = g.flush_sessions().await {
+                    tracing::warn!(error = %e, "session events could not be written; kept in memory for the next attempt");
                 }
                 since_flush += every;
                 if since_flush >= Duration::from_secs(5) {

@@ -184,7 +184,13 @@ impl Guard {
 
     /// What `input` and `output` tokens of `model` cost the tenant (nano-USD) at its model
     /// profile's prices; 0 for a model without a profile.
-    async fn token_cost(&self, tenant: &str, model: &str, input: i64, output: i64) -> Result<i64, StoreError> {
+    pub(crate) async fn token_cost(
+        &self,
+        tenant: &str,
+        model: &str,
+        input: i64,
+        output: i64,
+    ) -> Result<i64, StoreError> {
         if model.is_empty() || (input == 0 && output == 0) {
             return Ok(0);
         }

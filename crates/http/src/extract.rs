@@ -89,7 +89,28 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let app = AppState::from_ref(state);
         let meta = meta_from(parts);
-        let credential = credential_from(parts);
+        let credential = match credential_from(parts) {
+            Some(c) => Some(c),
+            // The UI's cookie, only where no header credential is sent, and only with its CSRF
+            // token (and a same-origin Origin) on anything that changes state.
+            None => match crate::ui::cookie_token(&parts.headers) {
+                Some(token) => {
+                    if let Some(why) = crate::ui::csrf_violation(&parts.method, &parts.headers, &token) {
+                        return Err(crate::ui::refuse_csrf(
+                            &app,
+                            &meta,
+                            &parts.method,
+                            &parts.uri,
+                            &parts.headers,
+                            why,
+                        )
+                        .await);
+                    }
+                    Some(Credential::Session(token))
+                }
+                None => None,
+            },
+        };
         let x_tenant = parts.headers.get("x-tenant-id").map(|v| v.to_str().unwrap_or("(not valid text)").to_owned());
         let grant = app.guard.check(credential, x_tenant.as_deref(), P::PERMISSION, &meta).await?;
         note_tenant(parts, &grant);

@@ -12,6 +12,7 @@ pub mod proxy;
 mod routes;
 pub mod server;
 pub mod timer;
+pub mod ui;
 pub mod usage_report;
 pub mod views;
 
@@ -105,6 +106,23 @@ pub struct HttpSettings {
     pub key_rotation_default_grace: Duration,
     /// Scrape token accepted on `/metrics` besides operator credentials.
     pub metrics_token: Option<String>,
+    pub ui: ui::UiSettings,
+    /// What `GET /v1/audit/verify` checks: the files (found when asked) and the trusted key.
+    pub audit_verify: Option<AuditVerify>,
+}
+
+/// The audit files to verify (looked up at each run: instances come and go) and the key whose
+/// signatures the checkpoints must carry.
+#[derive(Clone)]
+pub struct AuditVerify {
+    pub sources: Arc<dyn Fn() -> Result<portcullis_audit::FileSources, String> + Send + Sync>,
+    pub key: portcullis_audit::VerifyingKey,
+}
+
+impl std::fmt::Debug for AuditVerify {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditVerify")
+    }
 }
 
 impl Default for HttpSettings {
@@ -117,6 +135,8 @@ impl Default for HttpSettings {
             request_timeout: Duration::from_secs(30),
             key_rotation_default_grace: Duration::from_secs(3600),
             metrics_token: None,
+            ui: ui::UiSettings::default(),
+            audit_verify: None,
         }
     }
 }

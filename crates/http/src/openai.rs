@@ -22,16 +22,81 @@ pub struct RequestInfo {
     pub usage_requested_by_gateway: bool,
     /// Bytes of the request body: an upper bound of its prompt tokens.
     pub body_len: u64,
+    /// The agent session: the `X-Session-Id` header, else the body's `metadata.session_id`.
+    pub session_id: Option<String>,
+    /// With a session: the messages this request adds to it (those after the last assistant
+    /// message; earlier ones were captured by earlier requests).
+    pub new_messages: Vec<Message>,
+}
+
+/// A message of a request, as the session store takes it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Message {
+    /// user, system, developer, tool or assistant.
+    pub role: String,
+    pub text: String,
+    /// A tool result's tool name (or call id).
+    pub name: Option<String>,
+}
+
+/// The text of a message's `content`: a string, or the text of its parts.
+fn content_text(c: Option<&Value>) -> String {
+    match c {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str).or_else(|| p.as_str()))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+/// The messages after the last assistant message (Chat Completions `messages`, or the
+/// Responses API's `input` as a string or a list of messages).
+fn new_messages(m: &serde_json::Map<String, Value>) -> Vec<Message> {
+    let list = match (m.get("messages"), m.get("input")) {
+        (Some(Value::Array(a)), _) | (None, Some(Value::Array(a))) => a.as_slice(),
+        (None, Some(Value::String(s))) => {
+            return vec![Message { role: String::from("user"), text: s.clone(), name: None }];
+        }
+        _ => return Vec::new(),
+    };
+    let start =
+        list.iter().rposition(|v| v.get("role").and_then(Value::as_str) == Some("assistant")).map_or(0, |i| i + 1);
+    list[start..]
+        .iter()
+        .take(64)
+        .filter_map(|v| {
+            let role = v.get("role").and_then(Value::as_str)?;
+            Some(Message {
+                role: role.chars().take(32).collect(),
+                text: content_text(v.get("content")),
+                name: v
+                    .get("name")
+                    .or_else(|| v.get("tool_call_id"))
+                    .and_then(Value::as_str)
+                    .map(|s| s.chars().take(256).collect()),
+            })
+        })
+        .collect()
 }
 
 /// Reads a JSON request body. Returns the body to forward (changed only to ask a streaming
 /// upstream for usage) and what it said; a body that is not a JSON object is forwarded as is.
-pub fn inspect_request(body: Bytes) -> (Bytes, RequestInfo) {
+pub fn inspect_request(body: Bytes, header_session: Option<&str>) -> (Bytes, RequestInfo) {
     let body_len = body.len() as u64;
     let Ok(Value::Object(mut m)) = serde_json::from_slice::<Value>(&body) else {
-        return (body, RequestInfo { body_len, ..RequestInfo::default() });
+        let session_id = header_session.map(str::to_owned);
+        return (body, RequestInfo { body_len, session_id, ..RequestInfo::default() });
     };
+    let session_id = header_session
+        .map(str::to_owned)
+        .or_else(|| m.get("metadata").and_then(|md| md.get("session_id")).and_then(Value::as_str).map(str::to_owned));
+    let new_messages = if session_id.is_some() { new_messages(&m) } else { Vec::new() };
     let mut info = RequestInfo {
+        session_id,
+        new_messages,
         model: m.get("model").and_then(Value::as_str).map(|s| s.chars().take(128).collect()),
         max_tokens: ["max_completion_tokens", "max_tokens", "max_output_tokens"]
             .iter()
@@ -60,13 +125,32 @@ pub fn inspect_request(body: Bytes) -> (Bytes, RequestInfo) {
     }
 }
 
-/// Token counts and the model a response reported.
+/// Token counts and the model a response reported; with `collect`, also what it said.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
     pub model: Option<String>,
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub seen: bool,
+    /// Reassemble the answer's text and tool calls (for the session store).
+    pub collect: bool,
+    pub text: String,
+    /// (name, arguments as the model wrote them), in order.
+    pub tool_calls: Vec<(String, String)>,
+}
+
+/// The most answer text kept for the session store.
+const MAX_TEXT: usize = 64 * 1024;
+
+fn push_bounded(dst: &mut String, s: &str) {
+    if dst.len() < MAX_TEXT {
+        let room = MAX_TEXT - dst.len();
+        let mut end = s.len().min(room);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        dst.push_str(&s[..end]);
+    }
 }
 
 impl Usage {
@@ -83,6 +167,61 @@ impl Usage {
             self.input_tokens = n("prompt_tokens", "input_tokens");
             self.output_tokens = n("completion_tokens", "output_tokens");
             self.seen = true;
+        }
+        if self.collect {
+            self.collect_answer(v);
+        }
+    }
+
+    /// Chat Completions (a whole `message`, or streamed `delta`s whose tool-call arguments
+    /// arrive in pieces by index) and the Responses API (its `output` items, whole in the JSON
+    /// answer and in the stream's `response.completed`).
+    fn collect_answer(&mut self, v: &Value) {
+        if let Some(choice) = v.get("choices").and_then(Value::as_array).and_then(|c| c.first()) {
+            let part = choice.get("message").or_else(|| choice.get("delta"));
+            if let Some(part) = part {
+                if let Some(t) = part.get("content").and_then(Value::as_str) {
+                    push_bounded(&mut self.text, t);
+                }
+                for call in part.get("tool_calls").and_then(Value::as_array).into_iter().flatten().take(64) {
+                    let index = call.get("index").and_then(Value::as_u64).map_or(self.tool_calls.len(), |i| i as usize);
+                    let f = call.get("function");
+                    let name = f.and_then(|f| f.get("name")).and_then(Value::as_str);
+                    let args = f.and_then(|f| f.get("arguments")).and_then(Value::as_str).unwrap_or("");
+                    if index < 64 {
+                        while self.tool_calls.len() <= index {
+                            self.tool_calls.push((String::new(), String::new()));
+                        }
+                        let slot = &mut self.tool_calls[index];
+                        if let Some(n) = name {
+                            slot.0 = n.chars().take(256).collect();
+                        }
+                        push_bounded(&mut slot.1, args);
+                    }
+                }
+            }
+            return;
+        }
+        let response = if v.get("type").and_then(Value::as_str) == Some("response.completed") {
+            v.get("response")
+        } else {
+            Some(v)
+        };
+        if let Some(output) = response.and_then(|r| r.get("output")).and_then(Value::as_array) {
+            self.text.clear();
+            self.tool_calls.clear();
+            for item in output.iter().take(64) {
+                match item.get("type").and_then(Value::as_str) {
+                    Some("message") => push_bounded(&mut self.text, &content_text(item.get("content"))),
+                    Some("function_call") => {
+                        let name = item.get("name").and_then(Value::as_str).unwrap_or("").chars().take(256).collect();
+                        let mut args = String::new();
+                        push_bounded(&mut args, item.get("arguments").and_then(Value::as_str).unwrap_or(""));
+                        self.tool_calls.push((name, args));
+                    }
+                    _ => {}
+                }
+            }
         }
     }
 }
@@ -213,7 +352,7 @@ mod tests {
 
     #[test]
     fn a_streaming_request_is_asked_for_usage_once() {
-        let (b, i) = inspect_request(Bytes::from_static(br#"{"model":"m1","stream":true,"max_tokens":50}"#));
+        let (b, i) = inspect_request(Bytes::from_static(br#"{"model":"m1","stream":true,"max_tokens":50}"#), None);
         assert_eq!(
             (i.model.as_deref(), i.max_tokens, i.stream, i.usage_requested_by_gateway),
             (Some("m1"), Some(50), true, true)
@@ -221,11 +360,53 @@ mod tests {
         let v: Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v["stream_options"]["include_usage"], true);
         let asked = Bytes::from_static(br#"{"model":"m1","stream":true,"stream_options":{"include_usage":true}}"#);
-        let (b, i) = inspect_request(asked.clone());
+        let (b, i) = inspect_request(asked.clone(), None);
         assert!(!i.usage_requested_by_gateway);
         assert_eq!(b, asked, "unchanged");
-        let (b, i) = inspect_request(Bytes::from_static(b"not json"));
+        let (b, i) = inspect_request(Bytes::from_static(b"not json"), None);
         assert_eq!((b.as_ref(), i), (&b"not json"[..], RequestInfo { body_len: 8, ..RequestInfo::default() }));
+    }
+
+    #[test]
+    fn a_session_request_yields_the_messages_after_the_last_answer() {
+        let body = br#"{"model":"m","metadata":{"session_id":"s-1"},"messages":[
+            {"role":"system","content":"be brief"},{"role":"user","content":"hi"},
+            {"role":"assistant","content":"hello"},
+            {"role":"tool","tool_call_id":"call_1","content":"42"},
+            {"role":"user","content":[{"type":"text","text":"and"},{"type":"text","text":"then?"}]}]}"#;
+        let (_, i) = inspect_request(Bytes::from_static(body), None);
+        assert_eq!(i.session_id.as_deref(), Some("s-1"));
+        let got: Vec<(&str, &str, Option<&str>)> =
+            i.new_messages.iter().map(|m| (m.role.as_str(), m.text.as_str(), m.name.as_deref())).collect();
+        assert_eq!(got, vec![("tool", "42", Some("call_1")), ("user", "and\nthen?", None)]);
+        let (_, i) = inspect_request(Bytes::from_static(body), Some("from-header"));
+        assert_eq!(i.session_id.as_deref(), Some("from-header"));
+        let (_, i) = inspect_request(Bytes::from_static(br#"{"messages":[{"role":"user","content":"x"}]}"#), None);
+        assert!(i.session_id.is_none() && i.new_messages.is_empty(), "no session: nothing collected");
+    }
+
+    #[test]
+    fn a_streamed_answer_and_its_tool_calls_are_reassembled() {
+        let stream = "data: {\"choices\":[{\"delta\":{\"content\":\"Let me \"}}]}\n\n\
+                      data: {\"choices\":[{\"delta\":{\"content\":\"check.\",\"tool_calls\":[{\"index\":0,\"function\":{\"name\":\"shell\",\"arguments\":\"{\\\"cmd\\\":\"}}]}}]}\n\n\
+                      data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"\\\"ls\\\"}\"}}]}}]}\n\n\
+                      data: [DONE]\n\n";
+        for chunk in [1, 5, 1000] {
+            let mut s = Scanner::for_response(Some("text/event-stream"), false);
+            let mut u = Usage { collect: true, ..Usage::default() };
+            for c in stream.as_bytes().chunks(chunk) {
+                s.push(Bytes::copy_from_slice(c), &mut u);
+            }
+            s.finish(&mut u);
+            assert_eq!(u.text, "Let me check.");
+            assert_eq!(u.tool_calls, vec![(String::from("shell"), String::from(r#"{"cmd":"ls"}"#))]);
+        }
+        let json = br#"{"choices":[{"message":{"role":"assistant","content":"Hi there"}}],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#;
+        let mut s = Scanner::for_response(Some("application/json"), false);
+        let mut u = Usage { collect: true, ..Usage::default() };
+        s.push(Bytes::from_static(json), &mut u);
+        s.finish(&mut u);
+        assert_eq!((u.text.as_str(), u.output_tokens), ("Hi there", 2));
     }
 
     #[test]

@@ -434,6 +434,57 @@ struct UsageTap {
     budget: Option<BudgetHold>,
     /// Charged without token counts (a budgeted success whose usage never arrived).
     unmetered_nanos: i64,
+    /// The agent session the answer is captured into.
+    session: Option<SessionTap>,
+}
+
+/// Where a response's answer goes in the session store.
+struct SessionTap {
+    id: String,
+    capture: Arc<portcullis_guard::sessions::TenantCapture>,
+    request_id: String,
+}
+
+impl UsageTap {
+    /// The answer as session events: the assistant's text (with the tokens, priced at the flush),
+    /// one `tool` event per tool call, or a system note when the upstream failed.
+    fn session_events(&mut self, s: &SessionTap, model: &str) -> Vec<portcullis_store::SessionEvent> {
+        use portcullis_core::session::EventKind;
+        let now = self.guard.now_ms();
+        let event = |kind: EventKind, principal: &str| {
+            let mut e = portcullis_guard::sessions::new_event(&self.tenant, &s.id, kind, now);
+            e.principal_id = Some(principal.to_owned());
+            e.request_id = Some(s.request_id.clone());
+            e
+        };
+        let mut out = Vec::new();
+        if self.status >= 400 {
+            let mut e = event(EventKind::System, &self.principal);
+            e.message = Some(format!("the upstream answered {}", self.status));
+            e.metadata = serde_json::json!({ "status": self.status });
+            out.push(e);
+        } else {
+            let mut e = event(EventKind::Assistant, &self.principal);
+            e.message = Some(std::mem::take(&mut self.usage.text));
+            e.model = (!model.is_empty()).then(|| model.to_owned());
+            e.input_tokens = i64::try_from(self.usage.input_tokens).unwrap_or(i64::MAX);
+            e.output_tokens = i64::try_from(self.usage.output_tokens).unwrap_or(i64::MAX);
+            e.metadata =
+                serde_json::json!({ "status": self.status, "latency_ms": self.started.elapsed().as_millis() as u64 });
+            out.push(e);
+            for (name, args) in std::mem::take(&mut self.usage.tool_calls) {
+                let mut t = event(EventKind::Tool, &self.principal);
+                t.tool_name = Some(if name.is_empty() { String::from("(unnamed)") } else { name });
+                t.tool_args = Some(serde_json::from_str(&args).unwrap_or(serde_json::Value::String(args)));
+                t.metadata = serde_json::json!({ "phase": "call" });
+                out.push(t);
+            }
+        }
+        for e in &mut out {
+            s.capture.prepare(e);
+        }
+        out
+    }
 }
 
 /// A budget reservation and the prices that settle it.
@@ -468,6 +519,10 @@ impl Drop for UsageTap {
         // The model the caller asked for names the profile (an upstream may answer with a dated
         // variant of it); the answer's model when the request named none.
         let model = self.request_model.take().or_else(|| self.usage.model.take()).unwrap_or_default();
+        if let Some(s) = self.session.take() {
+            let events = self.session_events(&s, &model);
+            self.guard.capture_session_events(events);
+        }
         self.guard.record_usage(portcullis_guard::usage::UsageEvent {
             tenant: self.tenant.clone(),
             principal: std::mem::take(&mut self.principal),
@@ -615,6 +670,92 @@ mod bytes_alias {
 /// Fallback handler of the axum stack: requests that match a route are proxied; anything else is
 /// 404. Only requests the data plane's own path does not take come here (CORS requests, which the
 /// CORS layer must see first).
+pub static X_SESSION_ID: HeaderName = HeaderName::from_static("x-session-id");
+
+/// The messages an `openai` request adds to its session, queued for the store; returns where
+/// the answer goes, or `None` when the tenant does not capture traffic.
+async fn capture_request(
+    app: &AppState,
+    tenant: &portcullis_core::TenantId,
+    principal: &str,
+    meta: &portcullis_guard::RequestMeta,
+    info: &mut crate::openai::RequestInfo,
+) -> Result<Option<SessionTap>, ApiError> {
+    use portcullis_core::session::EventKind;
+    let Some(id) = info.session_id.clone() else { return Ok(None) };
+    let capture = app.guard.session_capture(tenant).await?;
+    if !capture.captures() {
+        return Ok(None);
+    }
+    let now = app.guard.now_ms();
+    let events = std::mem::take(&mut info.new_messages)
+        .into_iter()
+        .map(|m| {
+            let kind = match m.role.as_str() {
+                "user" => EventKind::User,
+                "tool" | "function" => EventKind::Tool,
+                "assistant" => EventKind::Assistant,
+                _ => EventKind::System,
+            };
+            let mut e = portcullis_guard::sessions::new_event(tenant, &id, kind, now);
+            e.principal_id = Some(principal.to_owned());
+            e.request_id = Some(meta.request_id.clone());
+            e.message = Some(m.text);
+            e.model.clone_from(&info.model);
+            if kind == EventKind::Tool {
+                e.tool_name = m.name;
+                e.metadata = serde_json::json!({ "phase": "result" });
+            } else if m.role != "user" && m.role != "assistant" {
+                e.metadata = serde_json::json!({ "role": m.role });
+            }
+            capture.prepare(&mut e);
+            e
+        })
+        .collect();
+    app.guard.capture_session_events(events);
+    Ok(Some(SessionTap { id, capture, request_id: meta.request_id.clone() }))
+}
+
+/// A policy refused an `openai` request that names its session in `X-Session-Id`: the session
+/// shows which policies refused it.
+async fn capture_denial(
+    app: &AppState,
+    grant: &portcullis_guard::Grant,
+    headers: &HeaderMap,
+    meta: &portcullis_guard::RequestMeta,
+    action: &str,
+    decision: &portcullis_guard::Decision,
+) {
+    let (Some(tenant), Some(id)) =
+        (grant.principal.tenant_id.as_ref(), headers.get(&X_SESSION_ID).and_then(|v| v.to_str().ok()))
+    else {
+        return;
+    };
+    if portcullis_core::session::check_session_id(id).is_err() {
+        return;
+    }
+    let Ok(capture) = app.guard.session_capture(tenant).await else { return };
+    if !capture.captures() {
+        return;
+    }
+    let mut e = portcullis_guard::sessions::new_event(
+        tenant,
+        id,
+        portcullis_core::session::EventKind::System,
+        app.guard.now_ms(),
+    );
+    e.principal_id = Some(grant.principal.id.clone());
+    e.request_id = Some(meta.request_id.clone());
+    e.message = Some(format!("{action} denied by policy"));
+    e.decision = Some(portcullis_core::session::EventDecision {
+        result: String::from("deny"),
+        action: action.to_owned(),
+        policies: decision.reasons(),
+    });
+    capture.prepare(&mut e);
+    app.guard.capture_session_events(vec![e]);
+}
+
 pub async fn proxy(State(app): State<AppState>, req: Request) -> Response {
     let Some(route) = app.routes.find(req.uri().path()).cloned() else {
         return ApiError::NotFound.into_response();
@@ -708,6 +849,9 @@ async fn forward(
             m.insert(String::from("policies"), serde_json::json!(decision.reasons()));
         }
         app.guard.record(e).await?;
+        if route.cfg.kind == RouteKind::Openai {
+            capture_denial(app, &grant, &parts.headers, meta, &route.cfg.action, &decision).await;
+        }
         return Err(policy_denied(&decision));
     }
     let started = std::time::Instant::now();
@@ -719,7 +863,12 @@ async fn forward(
             Ok(c) => c.to_bytes(),
             Err(_) => return Err(ApiError::PayloadTooLarge),
         };
-        let (bytes, info) = crate::openai::inspect_request(bytes);
+        let header_session = parts.headers.get(&X_SESSION_ID).map(|v| v.to_str().unwrap_or("\u{1}"));
+        let (bytes, info) = crate::openai::inspect_request(bytes, header_session);
+        if let Some(id) = &info.session_id {
+            portcullis_core::session::check_session_id(id)
+                .map_err(|e| ApiError::BadRequest(format!("X-Session-Id / metadata.session_id: {e}")))?;
+        }
         if let (Some(asked), Some(t)) = (info.max_tokens, grant.principal.tenant_id.as_ref())
             && let Some(limits) = app.guard.effective_limits(t).await?
             && asked > limits.max_tokens_per_request
@@ -829,6 +978,13 @@ async fn forward(
         }
     }
     app.guard.record(e).await?;
+    let session = match (&mut openai_req, grant.principal.tenant_id.as_ref()) {
+        (Some(info), Some(tenant)) if info.session_id.is_some() => {
+            capture_request(app, tenant, &grant.principal.id, meta, info).await?
+        }
+        _ => None,
+    };
+    let session = std::sync::Mutex::new(session);
 
     let uri = route.upstream_path(&parts.uri)?;
     // HTTP/1 callers use their connection's own upstream connection; multiplexed ones the pool.
@@ -870,18 +1026,27 @@ async fn forward(
     // Taken by whichever ends the request: the upstream failure or the response body.
     let budget = std::sync::Mutex::new(budget);
     let tap = |status: u16| {
-        grant.principal.tenant_id.clone().map(|tenant| UsageTap {
-            budget: budget.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take(),
-            unmetered_nanos: 0,
-            guard: app.guard.clone(),
-            tenant,
-            principal: grant.principal.id.clone(),
-            route: route.cfg.prefix.clone(),
-            request_model: openai_req.as_ref().and_then(|i| i.model.clone()),
-            status,
-            started,
-            usage: crate::openai::Usage::default(),
-        })
+        grant
+            .principal
+            .tenant_id
+            .clone()
+            .map(|tenant| UsageTap {
+                budget: budget.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take(),
+                unmetered_nanos: 0,
+                guard: app.guard.clone(),
+                tenant,
+                principal: grant.principal.id.clone(),
+                route: route.cfg.prefix.clone(),
+                request_model: openai_req.as_ref().and_then(|i| i.model.clone()),
+                status,
+                started,
+                usage: crate::openai::Usage { collect: true, ..crate::openai::Usage::default() },
+                session: session.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take(),
+            })
+            .map(|mut t| {
+                t.usage.collect = t.session.is_some();
+                t
+            })
     };
     let failed = |e: ApiError| {
         // The request used its rate; say so on the gateway's own error too.

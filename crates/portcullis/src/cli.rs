@@ -459,6 +459,16 @@ async fn key_on(o: &Opened, json: bool, cmd: KeyCmd) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
+/// The audit files of this deployment's shape: the data dir's `audit/` (embedded), or those of
+/// every instance under it (scale-out).
+pub fn audit_sources(cfg: &Config) -> anyhow::Result<portcullis_audit::FileSources> {
+    if cfg.database_url.is_some() {
+        scale_out_sources(cfg)
+    } else {
+        Ok(portcullis_audit::FileSources { dirs: vec![cfg.data_dir.join("audit")], complete: None })
+    }
+}
+
 /// The scale-out shape's files under this data dir: the CLI's own (`audit/`) and those of every
 /// instance directory (`instances/*/audit/`). The chains of those instances (their `node-id`s,
 /// or `audit.writer_id` when one is configured) must be whole in their files; the CLI's chain is
@@ -501,7 +511,6 @@ pub async fn audit(cfg: Config, json: bool, cmd: AuditCmd) -> anyhow::Result<Exi
 }
 
 async fn audit_on(o: &Opened, json: bool, cmd: AuditCmd) -> anyhow::Result<ExitCode> {
-    let dir = o.cfg.data_dir.join("audit");
     match cmd {
         AuditCmd::Query { tenant, user, action, result, since, until, limit } => {
             let time = |name: &str, v: Option<String>| -> anyhow::Result<Option<i64>> {
@@ -544,11 +553,7 @@ async fn audit_on(o: &Opened, json: bool, cmd: AuditCmd) -> anyhow::Result<ExitC
         }
         AuditCmd::Verify => {
             let key = SigningKey::from_bytes(&o.signing_key).verifying_key();
-            let sources = if o.cfg.database_url.is_some() {
-                scale_out_sources(&o.cfg)?
-            } else {
-                portcullis_audit::FileSources { dirs: vec![dir], complete: None }
-            };
+            let sources = audit_sources(&o.cfg)?;
             let report = portcullis_audit::verify_sources(o.audit_reader.as_ref(), &sources, &key)
                 .await
                 .map_err(|e| anyhow!(e))?;

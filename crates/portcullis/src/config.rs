@@ -210,6 +210,9 @@ pub struct HttpSection {
     /// Edge threads serving connections (each with its own runtime and audit lane);
     /// 0 = one per available core.
     pub workers: usize,
+    /// Mark the UI session cookie `Secure` always (it is already when a proxy in front sends
+    /// `X-Forwarded-Proto: https`). Set it when TLS ends in front of Portcullis.
+    pub secure_cookies: bool,
 }
 
 impl Default for Config {
@@ -295,6 +298,7 @@ impl Default for HttpSection {
             header_read_timeout_secs: 10,
             max_header_bytes: 32 * 1024,
             workers: 0,
+            secure_cookies: false,
         }
     }
 }

@@ -50,8 +50,9 @@ async fn bootstrap(guard: &Arc<Guard>, listen: &str) -> anyhow::Result<()> {
     println!("== Portcullis bootstrap: the first operator (shown once, never again) ==");
     println!("bootstrap email: {BOOTSTRAP_EMAIL}");
     println!("bootstrap password: {password}");
+    println!("sign in to the UI: http://{listen}/ui");
     println!(
-        "log in: curl -s -X POST http://{listen}/v1/auth/login -H 'content-type: application/json' -d '{{\"email\":\"{BOOTSTRAP_EMAIL}\",\"password\":\"{password}\"}}'"
+        "or log in: curl -s -X POST http://{listen}/v1/auth/login -H 'content-type: application/json' -d '{{\"email\":\"{BOOTSTRAP_EMAIL}\",\"password\":\"{password}\"}}'"
     );
     Ok(())
 }
@@ -141,10 +142,22 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             request_timeout: Duration::from_secs(cfg.http.request_timeout_secs),
             key_rotation_default_grace: Duration::from_secs(cfg.auth.key_rotation_grace_secs),
             metrics_token: cfg.metrics.bearer_token.clone(),
+            ui: portcullis_http::ui::UiSettings {
+                dev_dir: std::env::var_os("PORTCULLIS_UI_DIR").map(std::path::PathBuf::from),
+                secure_cookie: cfg.http.secure_cookies,
+            },
+            audit_verify: Some(portcullis_http::AuditVerify {
+                sources: {
+                    let cfg = cfg.clone();
+                    Arc::new(move || crate::cli::audit_sources(&cfg).map_err(|e| e.to_string()))
+                },
+                key: ed25519_dalek::SigningKey::from_bytes(&opened.signing_key).verifying_key(),
+            }),
         },
         routes,
     );
     println!("Portcullis listening on http://{local}");
+    println!("  UI:       http://{local}/ui   (sign in with an operator or tenant user's email and password)");
     println!("  API:      http://{local}/v1   (OpenAPI: http://{local}/openapi.json)");
     println!(
         "  health:   http://{local}/healthz  http://{local}/readyz   metrics: http://{local}/metrics (operator or scrape token)"
@@ -199,6 +212,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     guard.flush_usage().await;
     if let Err(e) = guard.flush_usage_ledger().await {
         tracing::warn!(error = %e, "usage of the last second could not be written at stop");
+    }
+    if let Err(e) = guard.flush_sessions().await {
+        tracing::warn!(error = %e, "session events of the last second could not be written at stop");
     }
     // The final signed checkpoint must be written before the process exits.
     guard.audit_log().shutdown().await;

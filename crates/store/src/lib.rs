@@ -23,6 +23,7 @@ use async_trait::async_trait;
 use portcullis_core::audit::{AuditEvent, AuditRecord};
 use portcullis_core::iplist::IpRules;
 use portcullis_core::limits::LimitOverrides;
+pub use portcullis_core::session::SessionSettings;
 use portcullis_core::{KeyId, TenantId, TenantScope, UserId};
 
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +160,25 @@ pub trait Store: Send + Sync + 'static {
         to_minute: i64,
     ) -> Result<(Vec<ModelMinute>, Vec<LatencyBucket>)>;
 
+    // Agent sessions: events and per-session totals, updated together.
+    /// Appends the events (of any tenants, each written in its own tenant's scope) and adds them
+    /// to their sessions' totals. An event id already stored is skipped.
+    async fn append_session_events(&self, events: &[SessionEvent]) -> Result<()>;
+    async fn list_sessions(&self, scope: &TenantScope, filter: &SessionFilter) -> Result<Vec<SessionSummary>>;
+    async fn get_session(&self, scope: &TenantScope, session_id: &str) -> Result<Option<SessionSummary>>;
+    /// The session's events after the event id `after` (from the start when `None`), oldest
+    /// first, at most `limit`.
+    async fn session_events(
+        &self,
+        scope: &TenantScope,
+        session_id: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<SessionEvent>>;
+    async fn session_settings(&self, tenant: &TenantId) -> Result<SessionSettings>;
+    /// Replaces the tenant's capture settings. Records a `session_settings` change.
+    async fn set_session_settings(&self, tenant: &TenantId, s: &SessionSettings, now_ms: i64) -> Result<()>;
+
     // Change feed: how caches in this and other processes learn of revocations.
     async fn changes_since(&self, seq: i64, limit: u32) -> Result<Vec<Change>>;
     async fn latest_change_seq(&self) -> Result<i64>;
@@ -208,4 +228,37 @@ pub trait AuditStore: Send + Sync + 'static {
     /// Every record of a writer in seq order (verification).
     async fn chain(&self, writer_id: &str) -> Result<Vec<AuditRecord>>;
     async fn query(&self, filter: &AuditFilter) -> Result<Vec<(i64, AuditRecord)>>;
+}
+
+/// An event's contribution to its session's counters: user, assistant, tool, denied.
+pub(crate) fn session_counts(e: &SessionEvent) -> [i64; 4] {
+    use portcullis_core::session::EventKind;
+    [
+        i64::from(e.kind == EventKind::User),
+        i64::from(e.kind == EventKind::Assistant),
+        i64::from(e.kind == EventKind::Tool),
+        i64::from(e.decision.as_ref().is_some_and(|d| d.denied())),
+    ]
+}
+
+pub(crate) fn capture_str(c: portcullis_core::session::CaptureMode) -> &'static str {
+    use portcullis_core::session::CaptureMode;
+    match c {
+        CaptureMode::Full => "full",
+        CaptureMode::Metadata => "metadata",
+        CaptureMode::Off => "off",
+    }
+}
+
+pub(crate) fn session_settings_from(capture: String, patterns: String) -> Result<SessionSettings> {
+    use portcullis_core::session::CaptureMode;
+    let capture = match capture.as_str() {
+        "full" => CaptureMode::Full,
+        "metadata" => CaptureMode::Metadata,
+        "off" => CaptureMode::Off,
+        _ => return Err(StoreError::Corrupt(format!("session settings capture `{capture}`"))),
+    };
+    let redact_patterns = serde_json::from_str(&patterns)
+        .map_err(|_| StoreError::Corrupt(format!("session settings redact patterns `{patterns}`")))?;
+    Ok(SessionSettings { capture, redact_patterns })
 }

@@ -98,6 +98,8 @@ pub enum ChangeKind {
     Policies,
     /// Entity id: the tenant whose model profiles (prices) changed.
     ModelProfiles,
+    /// Entity id: the tenant whose session capture settings changed.
+    SessionSettings,
 }
 
 impl ChangeKind {
@@ -112,6 +114,7 @@ impl ChangeKind {
             ChangeKind::UpstreamCredential => "upstream_credential",
             ChangeKind::Policies => "policies",
             ChangeKind::ModelProfiles => "model_profiles",
+            ChangeKind::SessionSettings => "session_settings",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -125,6 +128,7 @@ impl ChangeKind {
             "upstream_credential" => Some(ChangeKind::UpstreamCredential),
             "policies" => Some(ChangeKind::Policies),
             "model_profiles" => Some(ChangeKind::ModelProfiles),
+            "session_settings" => Some(ChangeKind::SessionSettings),
             _ => None,
         }
     }
@@ -333,4 +337,82 @@ pub struct LatencyBucket {
     pub minute: i64,
     pub bucket: i64,
     pub count: i64,
+}
+
+/// One event of an agent session, as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SessionEvent {
+    /// `evt_` + UUIDv7: ordered by creation.
+    pub id: String,
+    pub tenant_id: String,
+    pub session_id: String,
+    pub kind: portcullis_core::session::EventKind,
+    pub message: Option<String>,
+    pub tool_name: Option<String>,
+    pub tool_args: Option<serde_json::Value>,
+    /// A JSON object.
+    pub metadata: serde_json::Value,
+    pub created_at_ms: i64,
+    /// The caller as the audit log names it.
+    pub principal_id: Option<String>,
+    pub request_id: Option<String>,
+    pub decision: Option<portcullis_core::session::EventDecision>,
+    pub model: Option<String>,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    /// Nano-USD.
+    pub cost_nanos: i64,
+}
+
+/// A session's running totals, kept beside its events.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionSummary {
+    pub tenant_id: String,
+    pub session_id: String,
+    pub first_event_ms: i64,
+    pub last_event_ms: i64,
+    pub total_events: i64,
+    pub user_messages: i64,
+    pub assistant_messages: i64,
+    pub tool_calls: i64,
+    pub denied: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_nanos: i64,
+    pub last_principal_id: Option<String>,
+    pub last_model: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SessionSort {
+    /// Most recent activity first.
+    #[default]
+    Recent,
+    /// Most expensive first.
+    Cost,
+}
+
+/// Which sessions to list. Keyset pagination: `after` is the sort key and session id of the
+/// last row of the previous page.
+#[derive(Clone, Debug, Default)]
+pub struct SessionFilter {
+    /// Sessions with activity at or after this time.
+    pub since_ms: Option<i64>,
+    /// Sessions that began before this time.
+    pub until_ms: Option<i64>,
+    /// Substring of the session id.
+    pub contains: Option<String>,
+    pub sort: SessionSort,
+    pub after: Option<(i64, String)>,
+    pub limit: u32,
+}
+
+impl SessionSummary {
+    /// The key the list is sorted by, for the next page's cursor.
+    pub fn sort_key(&self, sort: SessionSort) -> i64 {
+        match sort {
+            SessionSort::Recent => self.last_event_ms,
+            SessionSort::Cost => self.cost_nanos,
+        }
+    }
 }

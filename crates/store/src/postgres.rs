@@ -440,6 +440,71 @@ CREATE POLICY tenant_rows ON model_latency FOR ALL
     WITH CHECK (tenant_id = nullif(current_setting('app.tenant_id', true), ''));
 "#,
     ),
+    (
+        6,
+        // Agent sessions: events, per-session totals, capture settings per tenant.
+        r#"
+CREATE TABLE agent_sessions (
+    tenant_id TEXT COLLATE "C" NOT NULL REFERENCES tenants(id),
+    session_id TEXT COLLATE "C" NOT NULL,
+    first_event_ms BIGINT NOT NULL,
+    last_event_ms BIGINT NOT NULL,
+    total_events BIGINT NOT NULL,
+    user_messages BIGINT NOT NULL,
+    assistant_messages BIGINT NOT NULL,
+    tool_calls BIGINT NOT NULL,
+    denied BIGINT NOT NULL,
+    input_tokens BIGINT NOT NULL,
+    output_tokens BIGINT NOT NULL,
+    cost_nanos BIGINT NOT NULL,
+    last_principal_id TEXT NULL,
+    last_model TEXT NULL,
+    PRIMARY KEY (tenant_id, session_id)
+);
+CREATE INDEX agent_sessions_recent ON agent_sessions (tenant_id, last_event_ms DESC, session_id DESC);
+CREATE INDEX agent_sessions_cost ON agent_sessions (tenant_id, cost_nanos DESC, session_id DESC);
+CREATE TABLE session_events (
+    id TEXT COLLATE "C" PRIMARY KEY,
+    tenant_id TEXT COLLATE "C" NOT NULL REFERENCES tenants(id),
+    session_id TEXT COLLATE "C" NOT NULL,
+    kind TEXT NOT NULL,
+    message TEXT NULL,
+    tool_name TEXT NULL,
+    tool_args TEXT NULL,
+    metadata TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    principal_id TEXT NULL,
+    request_id TEXT NULL,
+    decision TEXT NULL,
+    model TEXT NULL,
+    input_tokens BIGINT NOT NULL,
+    output_tokens BIGINT NOT NULL,
+    cost_nanos BIGINT NOT NULL
+);
+CREATE INDEX session_events_by_session ON session_events (tenant_id, session_id, created_at, id);
+CREATE TABLE session_settings (
+    tenant_id TEXT COLLATE "C" PRIMARY KEY REFERENCES tenants(id),
+    capture TEXT NOT NULL,
+    redact_patterns TEXT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+ALTER TABLE agent_sessions ENABLE ROW LEVEL SECURITY;
+ALTER TABLE agent_sessions FORCE ROW LEVEL SECURITY;
+ALTER TABLE session_events ENABLE ROW LEVEL SECURITY;
+ALTER TABLE session_events FORCE ROW LEVEL SECURITY;
+ALTER TABLE session_settings ENABLE ROW LEVEL SECURITY;
+ALTER TABLE session_settings FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_rows ON agent_sessions FOR ALL
+    USING (tenant_id = nullif(current_setting('app.tenant_id', true), ''))
+    WITH CHECK (tenant_id = nullif(current_setting('app.tenant_id', true), ''));
+CREATE POLICY tenant_rows ON session_events FOR ALL
+    USING (tenant_id = nullif(current_setting('app.tenant_id', true), ''))
+    WITH CHECK (tenant_id = nullif(current_setting('app.tenant_id', true), ''));
+CREATE POLICY tenant_rows ON session_settings FOR ALL
+    USING (tenant_id = nullif(current_setting('app.tenant_id', true), ''))
+    WITH CHECK (tenant_id = nullif(current_setting('app.tenant_id', true), ''));
+"#,
+    ),
 ];
 
 /// What the application role may do, table by table: exactly what the methods of this module
@@ -462,6 +527,9 @@ pub const APP_GRANTS: &[(&str, &str)] = &[
     ("usage_daily", "SELECT, INSERT, UPDATE"),
     ("model_minutes", "SELECT, INSERT, UPDATE"),
     ("model_latency", "SELECT, INSERT, UPDATE"),
+    ("agent_sessions", "SELECT, INSERT, UPDATE"),
+    ("session_events", "SELECT, INSERT"),
+    ("session_settings", "SELECT, INSERT, UPDATE"),
     ("audit_events", "SELECT, INSERT"),
     ("audit_heads", "SELECT, INSERT, UPDATE"),
     ("audit_checkpoints", "SELECT, INSERT"),
@@ -1029,6 +1097,54 @@ fn model_profile_from(row: &PgRow) -> Result<ModelProfile> {
         created_by: row.try_get("created_by")?,
         updated_at_ms: row.try_get("updated_at")?,
         updated_by: row.try_get("updated_by")?,
+    })
+}
+
+fn session_summary_from(row: &PgRow) -> Result<SessionSummary> {
+    Ok(SessionSummary {
+        tenant_id: row.try_get("tenant_id")?,
+        session_id: row.try_get("session_id")?,
+        first_event_ms: row.try_get("first_event_ms")?,
+        last_event_ms: row.try_get("last_event_ms")?,
+        total_events: row.try_get("total_events")?,
+        user_messages: row.try_get("user_messages")?,
+        assistant_messages: row.try_get("assistant_messages")?,
+        tool_calls: row.try_get("tool_calls")?,
+        denied: row.try_get("denied")?,
+        input_tokens: row.try_get("input_tokens")?,
+        output_tokens: row.try_get("output_tokens")?,
+        cost_nanos: row.try_get("cost_nanos")?,
+        last_principal_id: row.try_get("last_principal_id")?,
+        last_model: row.try_get("last_model")?,
+    })
+}
+
+fn session_event_from(row: &PgRow) -> Result<SessionEvent> {
+    let kind: String = row.try_get("kind")?;
+    let tool_args: Option<String> = row.try_get("tool_args")?;
+    let metadata: String = row.try_get("metadata")?;
+    let decision: Option<String> = row.try_get("decision")?;
+    Ok(SessionEvent {
+        id: row.try_get("id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        session_id: row.try_get("session_id")?,
+        kind: kind.parse().map_err(|_| corrupt("session event kind", &kind))?,
+        message: row.try_get("message")?,
+        tool_name: row.try_get("tool_name")?,
+        tool_args: tool_args
+            .map(|t| serde_json::from_str(&t).map_err(|_| corrupt("session event tool_args", &t)))
+            .transpose()?,
+        metadata: serde_json::from_str(&metadata).map_err(|_| corrupt("session event metadata", &metadata))?,
+        created_at_ms: row.try_get("created_at")?,
+        principal_id: row.try_get("principal_id")?,
+        request_id: row.try_get("request_id")?,
+        decision: decision
+            .map(|d| serde_json::from_str(&d).map_err(|_| corrupt("session event decision", &d)))
+            .transpose()?,
+        model: row.try_get("model")?,
+        input_tokens: row.try_get("input_tokens")?,
+        output_tokens: row.try_get("output_tokens")?,
+        cost_nanos: row.try_get("cost_nanos")?,
     })
 }
 
@@ -2025,6 +2141,205 @@ impl Store for PgStore {
             minutes.iter().map(model_minute_from).collect::<Result<_>>()?,
             latency.iter().map(latency_bucket_from).collect::<Result<_>>()?,
         ))
+    }
+
+    async fn append_session_events(&self, events: &[SessionEvent]) -> Result<()> {
+        let mut tenants: Vec<&str> = events.iter().map(|e| e.tenant_id.as_str()).collect();
+        tenants.sort_unstable();
+        tenants.dedup();
+        for tenant in tenants {
+            let mut tx = tenant_tx(&self.pool, tenant).await?;
+            for e in events.iter().filter(|e| e.tenant_id == tenant) {
+                let texts = [
+                    Some(&e.id),
+                    Some(&e.session_id),
+                    e.message.as_ref(),
+                    e.tool_name.as_ref(),
+                    e.principal_id.as_ref(),
+                    e.request_id.as_ref(),
+                    e.model.as_ref(),
+                ];
+                if texts.iter().flatten().any(|t| has_nul(t)) {
+                    continue;
+                }
+                let tool_args = e.tool_args.as_ref().map(serde_json::Value::to_string);
+                let decision = e.decision.as_ref().map(|d| serde_json::to_string(d).unwrap_or_default());
+                let inserted = sqlx::query(
+                    "INSERT INTO session_events (id, tenant_id, session_id, kind, message, tool_name, tool_args, metadata, \
+                     created_at, principal_id, request_id, decision, model, input_tokens, output_tokens, cost_nanos) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(&e.id)
+                .bind(&e.tenant_id)
+                .bind(&e.session_id)
+                .bind(e.kind.as_str())
+                .bind(&e.message)
+                .bind(&e.tool_name)
+                .bind(&tool_args)
+                .bind(e.metadata.to_string())
+                .bind(e.created_at_ms)
+                .bind(&e.principal_id)
+                .bind(&e.request_id)
+                .bind(&decision)
+                .bind(&e.model)
+                .bind(e.input_tokens)
+                .bind(e.output_tokens)
+                .bind(e.cost_nanos)
+                .execute(&mut *tx)
+                .await
+                .map_err(denied)?
+                .rows_affected();
+                if inserted == 0 {
+                    continue;
+                }
+                let c = session_counts(e);
+                sqlx::query(
+                    "INSERT INTO agent_sessions AS s (tenant_id, session_id, first_event_ms, last_event_ms, total_events, user_messages, \
+                     assistant_messages, tool_calls, denied, input_tokens, output_tokens, cost_nanos, last_principal_id, last_model) \
+                     VALUES ($1, $2, $3, $3, 1, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                     ON CONFLICT (tenant_id, session_id) DO UPDATE SET \
+                     first_event_ms = LEAST(s.first_event_ms, excluded.first_event_ms), \
+                     last_principal_id = CASE WHEN excluded.last_event_ms >= s.last_event_ms AND excluded.last_principal_id IS NOT NULL \
+                        THEN excluded.last_principal_id ELSE s.last_principal_id END, \
+                     last_model = CASE WHEN excluded.last_event_ms >= s.last_event_ms AND excluded.last_model IS NOT NULL \
+                        THEN excluded.last_model ELSE s.last_model END, \
+                     last_event_ms = GREATEST(s.last_event_ms, excluded.last_event_ms), \
+                     total_events = s.total_events + 1, user_messages = s.user_messages + excluded.user_messages, \
+                     assistant_messages = s.assistant_messages + excluded.assistant_messages, \
+                     tool_calls = s.tool_calls + excluded.tool_calls, denied = s.denied + excluded.denied, \
+                     input_tokens = s.input_tokens + excluded.input_tokens, output_tokens = s.output_tokens + excluded.output_tokens, \
+                     cost_nanos = s.cost_nanos + excluded.cost_nanos",
+                )
+                .bind(&e.tenant_id)
+                .bind(&e.session_id)
+                .bind(e.created_at_ms)
+                .bind(c[0])
+                .bind(c[1])
+                .bind(c[2])
+                .bind(c[3])
+                .bind(e.input_tokens)
+                .bind(e.output_tokens)
+                .bind(e.cost_nanos)
+                .bind(&e.principal_id)
+                .bind(&e.model)
+                .execute(&mut *tx)
+                .await
+                .map_err(denied)?;
+            }
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    async fn list_sessions(&self, scope: &TenantScope, f: &SessionFilter) -> Result<Vec<SessionSummary>> {
+        if f.contains.as_deref().is_some_and(has_nul) || f.after.as_ref().is_some_and(|(_, id)| has_nul(id)) {
+            return Ok(Vec::new());
+        }
+        let key = match f.sort {
+            SessionSort::Recent => "last_event_ms",
+            SessionSort::Cost => "cost_nanos",
+        };
+        let (after_key, after_id) = match &f.after {
+            Some((k, id)) => (Some(*k), Some(id.as_str())),
+            None => (None, None),
+        };
+        let sql = format!(
+            "SELECT * FROM agent_sessions WHERE tenant_id = $1 \
+             AND ($2::BIGINT IS NULL OR last_event_ms >= $2) AND ($3::BIGINT IS NULL OR first_event_ms < $3) \
+             AND ($4::TEXT IS NULL OR strpos(session_id, $4) > 0) \
+             AND ($5::BIGINT IS NULL OR ({key}, session_id) < ($5, $6::TEXT)) \
+             ORDER BY {key} DESC, session_id DESC LIMIT $7"
+        );
+        let tenant = scope.tenant_id().as_str();
+        let mut tx = tenant_tx(&self.pool, tenant).await?;
+        let rows = sqlx::query(&sql)
+            .bind(tenant)
+            .bind(f.since_ms)
+            .bind(f.until_ms)
+            .bind(&f.contains)
+            .bind(after_key)
+            .bind(after_id)
+            .bind(i64::from(f.limit))
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        rows.iter().map(session_summary_from).collect()
+    }
+
+    async fn get_session(&self, scope: &TenantScope, session_id: &str) -> Result<Option<SessionSummary>> {
+        if has_nul(session_id) {
+            return Ok(None);
+        }
+        let tenant = scope.tenant_id().as_str();
+        let mut tx = tenant_tx(&self.pool, tenant).await?;
+        let row = sqlx::query("SELECT * FROM agent_sessions WHERE tenant_id = $1 AND session_id = $2")
+            .bind(tenant)
+            .bind(session_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        row.as_ref().map(session_summary_from).transpose()
+    }
+
+    async fn session_events(
+        &self,
+        scope: &TenantScope,
+        session_id: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<SessionEvent>> {
+        if has_nul(session_id) || after.is_some_and(has_nul) {
+            return Ok(Vec::new());
+        }
+        let tenant = scope.tenant_id().as_str();
+        let mut tx = tenant_tx(&self.pool, tenant).await?;
+        let rows = sqlx::query(
+            "SELECT e.* FROM session_events e WHERE e.tenant_id = $1 AND e.session_id = $2 \
+             AND ($3::TEXT IS NULL OR (e.created_at, e.id) > \
+                  (SELECT a.created_at, a.id FROM session_events a WHERE a.id = $3 AND a.tenant_id = $1)) \
+             ORDER BY e.created_at, e.id LIMIT $4",
+        )
+        .bind(tenant)
+        .bind(session_id)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter().map(session_event_from).collect()
+    }
+
+    async fn session_settings(&self, tenant: &TenantId) -> Result<SessionSettings> {
+        let mut tx = tenant_tx(&self.pool, tenant.as_str()).await?;
+        let row = sqlx::query("SELECT capture, redact_patterns FROM session_settings WHERE tenant_id = $1")
+            .bind(tenant.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        row.as_ref()
+            .map(|r| session_settings_from(r.try_get("capture")?, r.try_get("redact_patterns")?))
+            .transpose()
+            .map(Option::unwrap_or_default)
+    }
+
+    async fn set_session_settings(&self, tenant: &TenantId, st: &SessionSettings, now_ms: i64) -> Result<()> {
+        let patterns = serde_json::to_string(&st.redact_patterns).unwrap_or_else(|_| String::from("[]"));
+        let mut tx = tenant_tx(&self.pool, tenant.as_str()).await?;
+        sqlx::query(
+            "INSERT INTO session_settings (tenant_id, capture, redact_patterns, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (tenant_id) DO UPDATE SET capture = excluded.capture, redact_patterns = excluded.redact_patterns, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(tenant.as_str())
+        .bind(capture_str(st.capture))
+        .bind(&patterns)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(denied)?;
+        record_change(&mut tx, ChangeKind::SessionSettings, tenant.as_str(), now_ms).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn changes_since(&self, seq: i64, limit: u32) -> Result<Vec<Change>> {

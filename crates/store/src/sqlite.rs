@@ -219,6 +219,57 @@ CREATE TABLE model_latency (
 );
 "#,
     ),
+    (
+        9,
+        // Agent sessions: events, and per-session totals kept beside them (so the inspector lists
+        // sessions by activity or cost without reading events); capture settings per tenant.
+        r#"
+CREATE TABLE agent_sessions (
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    session_id TEXT NOT NULL,
+    first_event_ms BIGINT NOT NULL,
+    last_event_ms BIGINT NOT NULL,
+    total_events BIGINT NOT NULL,
+    user_messages BIGINT NOT NULL,
+    assistant_messages BIGINT NOT NULL,
+    tool_calls BIGINT NOT NULL,
+    denied BIGINT NOT NULL,
+    input_tokens BIGINT NOT NULL,
+    output_tokens BIGINT NOT NULL,
+    cost_nanos BIGINT NOT NULL,
+    last_principal_id TEXT NULL,
+    last_model TEXT NULL,
+    PRIMARY KEY (tenant_id, session_id)
+);
+CREATE INDEX agent_sessions_recent ON agent_sessions (tenant_id, last_event_ms DESC, session_id DESC);
+CREATE INDEX agent_sessions_cost ON agent_sessions (tenant_id, cost_nanos DESC, session_id DESC);
+CREATE TABLE session_events (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    session_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    message TEXT NULL,
+    tool_name TEXT NULL,
+    tool_args TEXT NULL,
+    metadata TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    principal_id TEXT NULL,
+    request_id TEXT NULL,
+    decision TEXT NULL,
+    model TEXT NULL,
+    input_tokens BIGINT NOT NULL,
+    output_tokens BIGINT NOT NULL,
+    cost_nanos BIGINT NOT NULL
+);
+CREATE INDEX session_events_by_session ON session_events (tenant_id, session_id, created_at, id);
+CREATE TABLE session_settings (
+    tenant_id TEXT PRIMARY KEY REFERENCES tenants(id),
+    capture TEXT NOT NULL,
+    redact_patterns TEXT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+"#,
+    ),
 ];
 
 const AUDIT_MIGRATIONS: &[(i64, &str)] = &[
@@ -529,6 +580,54 @@ fn model_profile_from(row: &SqliteRow) -> Result<ModelProfile> {
         created_by: row.try_get("created_by")?,
         updated_at_ms: row.try_get("updated_at")?,
         updated_by: row.try_get("updated_by")?,
+    })
+}
+
+fn session_summary_from(row: &SqliteRow) -> Result<SessionSummary> {
+    Ok(SessionSummary {
+        tenant_id: row.try_get("tenant_id")?,
+        session_id: row.try_get("session_id")?,
+        first_event_ms: row.try_get("first_event_ms")?,
+        last_event_ms: row.try_get("last_event_ms")?,
+        total_events: row.try_get("total_events")?,
+        user_messages: row.try_get("user_messages")?,
+        assistant_messages: row.try_get("assistant_messages")?,
+        tool_calls: row.try_get("tool_calls")?,
+        denied: row.try_get("denied")?,
+        input_tokens: row.try_get("input_tokens")?,
+        output_tokens: row.try_get("output_tokens")?,
+        cost_nanos: row.try_get("cost_nanos")?,
+        last_principal_id: row.try_get("last_principal_id")?,
+        last_model: row.try_get("last_model")?,
+    })
+}
+
+fn session_event_from(row: &SqliteRow) -> Result<SessionEvent> {
+    let kind: String = row.try_get("kind")?;
+    let tool_args: Option<String> = row.try_get("tool_args")?;
+    let metadata: String = row.try_get("metadata")?;
+    let decision: Option<String> = row.try_get("decision")?;
+    Ok(SessionEvent {
+        id: row.try_get("id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        session_id: row.try_get("session_id")?,
+        kind: kind.parse().map_err(|_| corrupt("session event kind", &kind))?,
+        message: row.try_get("message")?,
+        tool_name: row.try_get("tool_name")?,
+        tool_args: tool_args
+            .map(|t| serde_json::from_str(&t).map_err(|_| corrupt("session event tool_args", &t)))
+            .transpose()?,
+        metadata: serde_json::from_str(&metadata).map_err(|_| corrupt("session event metadata", &metadata))?,
+        created_at_ms: row.try_get("created_at")?,
+        principal_id: row.try_get("principal_id")?,
+        request_id: row.try_get("request_id")?,
+        decision: decision
+            .map(|d| serde_json::from_str(&d).map_err(|_| corrupt("session event decision", &d)))
+            .transpose()?,
+        model: row.try_get("model")?,
+        input_tokens: row.try_get("input_tokens")?,
+        output_tokens: row.try_get("output_tokens")?,
+        cost_nanos: row.try_get("cost_nanos")?,
     })
 }
 
@@ -1359,6 +1458,185 @@ impl Store for SqliteStore {
             minutes.iter().map(model_minute_from).collect::<Result<_>>()?,
             latency.iter().map(latency_bucket_from).collect::<Result<_>>()?,
         ))
+    }
+
+    async fn append_session_events(&self, events: &[SessionEvent]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for e in events {
+            let tool_args = e.tool_args.as_ref().map(serde_json::Value::to_string);
+            let decision = e.decision.as_ref().map(|d| serde_json::to_string(d).unwrap_or_default());
+            let inserted = sqlx::query(
+                "INSERT INTO session_events (id, tenant_id, session_id, kind, message, tool_name, tool_args, metadata, \
+                 created_at, principal_id, request_id, decision, model, input_tokens, output_tokens, cost_nanos) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&e.id)
+            .bind(&e.tenant_id)
+            .bind(&e.session_id)
+            .bind(e.kind.as_str())
+            .bind(&e.message)
+            .bind(&e.tool_name)
+            .bind(&tool_args)
+            .bind(e.metadata.to_string())
+            .bind(e.created_at_ms)
+            .bind(&e.principal_id)
+            .bind(&e.request_id)
+            .bind(&decision)
+            .bind(&e.model)
+            .bind(e.input_tokens)
+            .bind(e.output_tokens)
+            .bind(e.cost_nanos)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                continue;
+            }
+            let c = session_counts(e);
+            sqlx::query(
+                "INSERT INTO agent_sessions (tenant_id, session_id, first_event_ms, last_event_ms, total_events, user_messages, \
+                 assistant_messages, tool_calls, denied, input_tokens, output_tokens, cost_nanos, last_principal_id, last_model) \
+                 VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (tenant_id, session_id) DO UPDATE SET \
+                 first_event_ms = min(first_event_ms, excluded.first_event_ms), \
+                 last_principal_id = CASE WHEN excluded.last_event_ms >= last_event_ms AND excluded.last_principal_id IS NOT NULL \
+                    THEN excluded.last_principal_id ELSE last_principal_id END, \
+                 last_model = CASE WHEN excluded.last_event_ms >= last_event_ms AND excluded.last_model IS NOT NULL \
+                    THEN excluded.last_model ELSE last_model END, \
+                 last_event_ms = max(last_event_ms, excluded.last_event_ms), \
+                 total_events = total_events + 1, user_messages = user_messages + excluded.user_messages, \
+                 assistant_messages = assistant_messages + excluded.assistant_messages, \
+                 tool_calls = tool_calls + excluded.tool_calls, denied = denied + excluded.denied, \
+                 input_tokens = input_tokens + excluded.input_tokens, output_tokens = output_tokens + excluded.output_tokens, \
+                 cost_nanos = cost_nanos + excluded.cost_nanos",
+            )
+            .bind(&e.tenant_id)
+            .bind(&e.session_id)
+            .bind(e.created_at_ms)
+            .bind(e.created_at_ms)
+            .bind(c[0])
+            .bind(c[1])
+            .bind(c[2])
+            .bind(c[3])
+            .bind(e.input_tokens)
+            .bind(e.output_tokens)
+            .bind(e.cost_nanos)
+            .bind(&e.principal_id)
+            .bind(&e.model)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_sessions(&self, scope: &TenantScope, f: &SessionFilter) -> Result<Vec<SessionSummary>> {
+        let key = match f.sort {
+            SessionSort::Recent => "last_event_ms",
+            SessionSort::Cost => "cost_nanos",
+        };
+        let (after_key, after_id) = match &f.after {
+            Some((k, id)) => (Some(*k), Some(id.as_str())),
+            None => (None, None),
+        };
+        let sql = format!(
+            "SELECT * FROM agent_sessions WHERE tenant_id = ? \
+             AND (? IS NULL OR last_event_ms >= ?) AND (? IS NULL OR first_event_ms < ?) \
+             AND (? IS NULL OR instr(session_id, ?) > 0) \
+             AND (? IS NULL OR ({key}, session_id) < (?, ?)) \
+             ORDER BY {key} DESC, session_id DESC LIMIT ?"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(scope.tenant_id().as_str())
+            .bind(f.since_ms)
+            .bind(f.since_ms)
+            .bind(f.until_ms)
+            .bind(f.until_ms)
+            .bind(&f.contains)
+            .bind(&f.contains)
+            .bind(after_key)
+            .bind(after_key)
+            .bind(after_id)
+            .bind(i64::from(f.limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(session_summary_from).collect()
+    }
+
+    async fn get_session(&self, scope: &TenantScope, session_id: &str) -> Result<Option<SessionSummary>> {
+        let row = sqlx::query("SELECT * FROM agent_sessions WHERE tenant_id = ? AND session_id = ?")
+            .bind(scope.tenant_id().as_str())
+            .bind(session_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(session_summary_from).transpose()
+    }
+
+    async fn session_events(
+        &self,
+        scope: &TenantScope,
+        session_id: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<SessionEvent>> {
+        let tenant = scope.tenant_id().as_str();
+        let rows = match after {
+            None => sqlx::query(
+                "SELECT * FROM session_events WHERE tenant_id = ? AND session_id = ? ORDER BY created_at, id LIMIT ?",
+            )
+            .bind(tenant)
+            .bind(session_id)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?,
+            Some(after) => {
+                sqlx::query(
+                    "SELECT e.* FROM session_events e, session_events a WHERE a.id = ? AND a.tenant_id = ? \
+                     AND e.tenant_id = ? AND e.session_id = ? AND (e.created_at, e.id) > (a.created_at, a.id) \
+                     ORDER BY e.created_at, e.id LIMIT ?",
+                )
+                .bind(after)
+                .bind(tenant)
+                .bind(tenant)
+                .bind(session_id)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter().map(session_event_from).collect()
+    }
+
+    async fn session_settings(&self, tenant: &TenantId) -> Result<SessionSettings> {
+        let row = sqlx::query("SELECT capture, redact_patterns FROM session_settings WHERE tenant_id = ?")
+            .bind(tenant.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref()
+            .map(|r| session_settings_from(r.try_get("capture")?, r.try_get("redact_patterns")?))
+            .transpose()
+            .map(Option::unwrap_or_default)
+    }
+
+    async fn set_session_settings(&self, tenant: &TenantId, st: &SessionSettings, now_ms: i64) -> Result<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "INSERT INTO session_settings (tenant_id, capture, redact_patterns, updated_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (tenant_id) DO UPDATE SET capture = excluded.capture, redact_patterns = excluded.redact_patterns, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(tenant.as_str())
+        .bind(capture_str(st.capture))
+        .bind(serde_json::to_string(&st.redact_patterns).unwrap_or_else(|_| String::from("[]")))
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        Self::record_change(&mut tx, ChangeKind::SessionSettings, tenant.as_str(), now_ms).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn changes_since(&self, seq: i64, limit: u32) -> Result<Vec<Change>> {

@@ -106,10 +106,24 @@ impl FromRequestParts<AppState> for Caller {
         (status = 503, body = ProblemDoc, description = "the shared limiter is unavailable and the gateway fails closed")))]
 pub async fn authorize(
     State(app): State<AppState>,
+    req_headers: HeaderMap,
     c: Caller,
     ApiJson(body): ApiJson<AuthorizeRequest>,
 ) -> Result<Response, ApiError> {
     check_action(&body.action)?;
+    let session_id = match req_headers.get(&crate::proxy::X_SESSION_ID) {
+        Some(v) => Some(v.to_str().unwrap_or("\u{1}").to_owned()),
+        None => body
+            .context
+            .as_ref()
+            .and_then(|c| c.get("session_id"))
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned),
+    };
+    if let Some(id) = &session_id {
+        portcullis_core::session::check_session_id(id)
+            .map_err(|e| ApiError::BadRequest(format!("X-Session-Id / context.session_id: {e}")))?;
+    }
     if let Some(r) = &body.resource
         && (r.kind.is_empty() || r.kind.len() > 64 || r.id.is_empty() || r.id.len() > 256)
     {
@@ -212,6 +226,9 @@ pub async fn authorize(
         }
     }
     app.guard.record(e).await?;
+    if let (Some(id), Some(tenant)) = (&session_id, p.tenant_id.as_ref()) {
+        capture_decision(&app, &c, tenant, id, &body, allowed, if allowed { &policies } else { &reasons }).await?;
+    }
     let answer = AuthorizeResponse {
         decision: String::from(if allowed { "allow" } else { "deny" }),
         reasons,
@@ -221,6 +238,52 @@ pub async fn authorize(
         limits,
     };
     Ok((headers, Json(answer)).into_response())
+}
+
+/// A decision about a session (named by `X-Session-Id` or `context.session_id`) goes into it: a
+/// `tool` event for `tool.request` (allowed or not), a `system` event for other denied actions.
+async fn capture_decision(
+    app: &AppState,
+    c: &Caller,
+    tenant: &portcullis_core::TenantId,
+    session_id: &str,
+    body: &AuthorizeRequest,
+    allowed: bool,
+    decided_by: &[String],
+) -> Result<(), ApiError> {
+    use portcullis_core::session::{EventDecision, EventKind};
+    let is_tool = body.action == "tool.request";
+    if !is_tool && allowed {
+        return Ok(());
+    }
+    let capture = app.guard.session_capture(tenant).await?;
+    if !capture.captures() {
+        return Ok(());
+    }
+    let kind = if is_tool { EventKind::Tool } else { EventKind::System };
+    let mut e = portcullis_guard::sessions::new_event(tenant, session_id, kind, app.guard.now_ms());
+    e.principal_id = Some(c.grant.principal.id.clone());
+    e.request_id = Some(c.meta.request_id.clone());
+    let ctx = body.context.as_ref();
+    let field = |names: &[&str]| ctx.and_then(|v| names.iter().find_map(|n| v.get(n)));
+    if is_tool {
+        e.tool_name = field(&["tool", "tool_name"])
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+            .or_else(|| body.resource.as_ref().filter(|r| r.kind == "tool").map(|r| r.id.clone()));
+        e.tool_args = field(&["tool_args", "arguments"]).cloned();
+        e.metadata = serde_json::json!({ "phase": "request" });
+    } else {
+        e.message = Some(format!("{} denied", body.action));
+    }
+    e.decision = Some(EventDecision {
+        result: String::from(if allowed { "allow" } else { "deny" }),
+        action: body.action.clone(),
+        policies: decided_by.to_vec(),
+    });
+    capture.prepare(&mut e);
+    app.guard.capture_session_events(vec![e]);
+    Ok(())
 }
 
 /// nginx `auth_request` target: reads `X-Original-URI` and `X-Original-Method`, answers 200 with

@@ -1,7 +1,7 @@
 //! Route table. Each `routes!` line registers handlers and documents them in OpenAPI at once,
 //! so an undocumented route cannot exist.
 mod audit;
-mod auth;
+pub(crate) mod auth;
 mod credentials;
 mod decide;
 mod health;
@@ -9,6 +9,7 @@ mod keys;
 mod model_metrics;
 mod model_profiles;
 mod policies;
+mod sessions;
 mod tenants;
 mod usage;
 mod users;
@@ -35,6 +36,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(tenants::suspend))
         .routes(routes!(tenants::resume))
         .routes(routes!(tenants::get_limits, tenants::put_limits))
+        .routes(routes!(tenants::get_budget))
         .routes(routes!(tenants::get_ip_rules, tenants::put_ip_rules))
         .routes(routes!(credentials::list, credentials::put, credentials::delete))
         .routes(routes!(decide::authorize))
@@ -45,6 +47,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(keys::get, keys::revoke))
         .routes(routes!(keys::rotate))
         .routes(routes!(audit::query))
+        .routes(routes!(audit::verify))
         .routes(routes!(policies::list, policies::create))
         .routes(routes!(policies::get, policies::update, policies::delete))
         .routes(routes!(policies::versions))
@@ -55,6 +58,16 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(model_metrics::metrics))
         .routes(routes!(model_profiles::list, model_profiles::create))
         .routes(routes!(model_profiles::get, model_profiles::update, model_profiles::delete))
+        .routes(routes!(sessions::list))
+        .routes(routes!(sessions::get))
+        .routes(routes!(sessions::timeline))
+        .routes(routes!(sessions::append))
+        .routes(routes!(sessions::get_settings, sessions::put_settings))
+        .routes(routes!(crate::ui::index))
+        .routes(routes!(crate::ui::file))
+        .routes(routes!(crate::ui::login))
+        .routes(routes!(crate::ui::session))
+        .routes(routes!(crate::ui::logout))
 }
 
 /// Prometheus text format. For operators, or a scraper presenting `metrics.bearer_token`.

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use portcullis_core::audit::AuditResult;
 use portcullis_core::{TenantId, Tier};
 use portcullis_store::{Tenant, TenantStatus};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::str::FromStr;
 use utoipa::ToSchema;
 
@@ -177,4 +177,52 @@ pub async fn put_ip_rules(
     let t = load(&a, &id, "tenant.ip_rules.update").await?;
     a.app.guard.set_ip_rules(&a.grant, &a.meta, &t.id, &body).await?;
     Ok(Json(body))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BudgetWindowView {
+    /// `YYYY-MM-DD` (daily) or `YYYY-MM` (monthly), UTC.
+    pub window: String,
+    /// `null`: no budget in this window.
+    pub limit_usd: Option<f64>,
+    /// Settled spend (usage is written every second; requests in flight are not included).
+    pub spent_usd: f64,
+    /// Spend as a percentage of the limit (`null` without a limit).
+    pub percent: Option<f64>,
+    /// At or above 90% of the limit.
+    pub warning: bool,
+    /// At or above the limit: requests get 402 until `resets_at`.
+    pub exhausted: bool,
+    pub resets_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BudgetView {
+    pub tenant_id: String,
+    pub daily: BudgetWindowView,
+    pub monthly: BudgetWindowView,
+}
+
+fn window_view(w: &portcullis_guard::budget::WindowStatus) -> BudgetWindowView {
+    let percent = w.limit_nanos.filter(|l| *l > 0).map(|l| (w.spent_nanos as f64 / l as f64 * 1000.0).round() / 10.0);
+    BudgetWindowView {
+        window: w.id.clone(),
+        limit_usd: w.limit_nanos.map(|n| n as f64 / 1e9),
+        spent_usd: w.spent_nanos as f64 / 1e9,
+        percent,
+        warning: w.limit_nanos.is_some_and(|l| i128::from(w.spent_nanos) * 10 >= i128::from(l) * 9),
+        exhausted: w.limit_nanos.is_some_and(|l| w.spent_nanos >= l),
+        resets_at: portcullis_core::timefmt::rfc3339_ms(w.reset_ms),
+    }
+}
+
+/// The tenant's daily and monthly spend against its budgets: operators any tenant, tenant
+/// readers their own.
+#[utoipa::path(get, path = "/v1/tenants/{id}/budget", tag = "tenants", params(("id" = String, Path)), security(("bearer" = []), ("api_key" = [])),
+    responses((status = 200, body = BudgetView), (status = 404, body = ProblemDoc)))]
+pub async fn get_budget(a: Authed<perm::TenantRead>, Path(id): Path<String>) -> Result<Json<BudgetView>, ApiError> {
+    let t = load(&a, &id, "tenant.budget.read").await?;
+    record_read(&a, "tenant.budget.read", &t).await?;
+    let [daily, monthly] = a.app.guard.budget_status(&t.id).await?.ok_or(ApiError::NotFound)?;
+    Ok(Json(BudgetView { tenant_id: t.id.to_string(), daily: window_view(&daily), monthly: window_view(&monthly) }))
 }

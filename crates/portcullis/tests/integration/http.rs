@@ -190,12 +190,31 @@ fn openapi_documents_every_route() {
         ("/v1/model-profiles/{id}", "delete"),
         ("/v1/usage", "get"),
         ("/v1/model-profiles/{id}/metrics", "get"),
+        ("/v1/sessions", "get"),
+        ("/v1/sessions/{id}", "get"),
+        ("/v1/sessions/{id}/timeline", "get"),
+        ("/v1/sessions/{id}/events", "post"),
+        ("/v1/session-settings", "get"),
+        ("/v1/session-settings", "put"),
+        ("/v1/tenants/{id}/budget", "get"),
+        ("/v1/audit/verify", "get"),
+        ("/ui", "get"),
+        ("/ui/{file}", "get"),
+        ("/ui/login", "post"),
+        ("/ui/session", "get"),
+        ("/ui/logout", "post"),
     ];
     for (p, m) in expected {
         assert!(paths.get(p).and_then(|v| v.get(m)).is_some(), "{m} {p} documented");
     }
     // Query parameters are documented as such (not as path parameters).
-    for (p, name) in [("/v1/usage", "from"), ("/v1/audit", "user_id"), ("/v1/model-profiles/{id}/metrics", "window")] {
+    for (p, name) in [
+        ("/v1/usage", "from"),
+        ("/v1/audit", "user_id"),
+        ("/v1/model-profiles/{id}/metrics", "window"),
+        ("/v1/sessions", "sort"),
+        ("/v1/sessions/{id}", "cursor"),
+    ] {
         let params = paths[p]["get"]["parameters"].as_array().unwrap();
         let param = params.iter().find(|x| x["name"] == name).unwrap_or_else(|| panic!("{p} documents `{name}`"));
         assert_eq!(param["in"], "query", "{p} {name}");
@@ -209,7 +228,7 @@ fn openapi_documents_every_route() {
     );
     // Every documented operation answers (not 404/405) on the live server.
     for (p, m) in expected {
-        let path = p.replace("{id}", "01900000-0000-7000-8000-000000000000");
+        let path = p.replace("{id}", "01900000-0000-7000-8000-000000000000").replace("{file}", "app.js");
         let st = s
             .request(&m.to_uppercase(), &path)
             .header("content-type", "application/json")

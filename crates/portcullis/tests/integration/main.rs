@@ -5,6 +5,7 @@
 mod harness;
 
 mod audit;
+mod browser;
 mod budgets;
 mod cli;
 mod cors;
@@ -24,5 +25,7 @@ mod postgres;
 mod proxy;
 mod rbac;
 mod scaleout;
+mod sessions;
+mod ui;
 mod upstream;
 mod usage;

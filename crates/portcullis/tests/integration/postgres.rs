@@ -27,10 +27,14 @@ const TENANT_TABLES: &[&str] = &[
     "usage_daily",
     "model_minutes",
     "model_latency",
+    "agent_sessions",
+    "session_events",
+    "session_settings",
 ];
 
 /// What the application role must be granted, and nothing more.
 const EXPECTED_GRANTS: &[(&str, &[&str])] = &[
+    ("agent_sessions", &["INSERT", "SELECT", "UPDATE"]),
     ("api_keys", &["INSERT", "SELECT", "UPDATE"]),
     ("audit_checkpoints", &["INSERT", "SELECT"]),
     ("audit_events", &["INSERT", "SELECT"]),
@@ -42,6 +46,8 @@ const EXPECTED_GRANTS: &[(&str, &[&str])] = &[
     ("policies", &["DELETE", "INSERT", "SELECT", "UPDATE"]),
     ("policy_versions", &["INSERT", "SELECT"]),
     ("schema_migrations", &["SELECT"]),
+    ("session_events", &["INSERT", "SELECT"]),
+    ("session_settings", &["INSERT", "SELECT", "UPDATE"]),
     ("sessions", &["INSERT", "SELECT", "UPDATE"]),
     ("tenant_ip_rules", &["INSERT", "SELECT", "UPDATE"]),
     ("tenant_limits", &["INSERT", "SELECT", "UPDATE"]),

@@ -410,10 +410,18 @@ fn completion(w: &mut TcpStream, seen: &Seen) -> std::io::Result<()> {
     let completion = req["max_tokens"].as_u64().unwrap_or(7);
     let usage =
         json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt as u64 + completion});
+    // `reply` scripts the answer's text, `tool_call` ({name, arguments}) a tool call in it.
+    let reply = req["reply"].as_str().unwrap_or("ok");
+    let tool_call = req.get("tool_call").filter(|t| t.is_object());
     if req["stream"].as_bool() != Some(true) {
+        let mut message = json!({"role": "assistant", "content": reply});
+        if let Some(t) = tool_call {
+            message["tool_calls"] = json!([{"id": "call_1", "type": "function",
+                "function": {"name": t["name"], "arguments": t["arguments"].to_string()}}]);
+        }
         let body = json!({
             "id": "cmpl-1", "object": "chat.completion", "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
             "usage": usage,
         });
         return respond(w, 200, &[("content-type", String::from("application/json"))], body.to_string().as_bytes());
@@ -427,6 +435,20 @@ fn completion(w: &mut TcpStream, seen: &Seen) -> std::io::Result<()> {
             c["usage"] = Value::Null;
         }
         chunk(w, format!("data: {c}\n\n").as_bytes())?;
+    }
+    if let Some(t) = tool_call {
+        // The arguments arrive in two pieces, as models stream them.
+        let args = t["arguments"].to_string();
+        let (a, b) = args.split_at(args.len() / 2);
+        for (i, piece) in [a, b].iter().enumerate() {
+            let mut f = json!({"arguments": piece});
+            if i == 0 {
+                f["name"] = t["name"].clone();
+            }
+            let c = json!({"id": "cmpl-1", "object": "chat.completion.chunk", "model": model,
+                "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": f}]}}]});
+            chunk(w, format!("data: {c}\n\n").as_bytes())?;
+        }
     }
     if include {
         let c =

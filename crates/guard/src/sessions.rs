@@ -1,0 +1,182 @@
+//! Agent sessions: events captured from traffic (queued on the request path, priced and written
+//! by the maintenance task with usage) or appended through the API (written before the answer),
+//! each passed through the tenant's capture settings and redaction first.
+use crate::Guard;
+use portcullis_core::session::{CaptureMode, Redactor, SessionSettings, clean_text};
+use portcullis_core::{TenantId, TenantScope};
+use portcullis_store::{SessionEvent, StoreError};
+use std::sync::Arc;
+
+/// Events captured from traffic and not yet written. Bounded: past [`MAX_PENDING`] new events
+/// are dropped (counted in `portcullis_session_events_dropped_total`) rather than growing
+/// without limit while the store is away.
+#[derive(Default)]
+pub struct Pending {
+    events: std::sync::Mutex<Vec<SessionEvent>>,
+}
+
+pub const MAX_PENDING: usize = 100_000;
+
+/// A tenant's capture settings, compiled.
+#[derive(Debug)]
+pub struct TenantCapture {
+    pub settings: SessionSettings,
+    pub redactor: Redactor,
+}
+
+impl TenantCapture {
+    pub fn new(settings: SessionSettings) -> TenantCapture {
+        // Patterns were validated when saved; one that no longer compiles falls back to the
+        // built-in redaction rather than storing text unredacted or failing traffic.
+        let redactor = Redactor::new(&settings.redact_patterns).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "stored redact patterns do not compile; built-in redaction only");
+            Redactor::builtin()
+        });
+        TenantCapture { settings, redactor }
+    }
+
+    /// Whether traffic is captured at all.
+    pub fn captures(&self) -> bool {
+        self.settings.capture != CaptureMode::Off
+    }
+
+    /// Applies the capture mode and redaction to an event about to be stored: text cleaned and
+    /// cut, credentials and the tenant's patterns replaced, message and arguments dropped in
+    /// `metadata` mode.
+    pub fn prepare(&self, e: &mut SessionEvent) {
+        let metadata_only = self.settings.capture == CaptureMode::Metadata;
+        let mut cut = false;
+        e.message = match e.message.take() {
+            Some(_) if metadata_only => None,
+            Some(m) => {
+                let (text, was_cut) = clean_text(&self.redactor.text(&m));
+                cut |= was_cut;
+                Some(text)
+            }
+            None => None,
+        };
+        e.tool_name = e.tool_name.take().map(|t| clean_text(&t).0.chars().take(256).collect());
+        e.tool_args = match e.tool_args.take() {
+            Some(_) if metadata_only => None,
+            Some(mut v) => {
+                self.redactor.json(&mut v);
+                Some(v)
+            }
+            None => None,
+        };
+        if !e.metadata.is_object() {
+            e.metadata = serde_json::json!({});
+        }
+        self.redactor.json(&mut e.metadata);
+        if cut && let Some(o) = e.metadata.as_object_mut() {
+            o.insert(String::from("truncated"), serde_json::Value::Bool(true));
+        }
+    }
+}
+
+/// A new event of `kind` in `session_id`, stamped now, with a fresh time-ordered id.
+pub fn new_event(
+    tenant: &TenantId,
+    session_id: &str,
+    kind: portcullis_core::session::EventKind,
+    now_ms: i64,
+) -> SessionEvent {
+    SessionEvent {
+        id: format!("evt_{}", uuid::Uuid::now_v7().simple()),
+        tenant_id: tenant.to_string(),
+        session_id: session_id.to_owned(),
+        kind,
+        message: None,
+        tool_name: None,
+        tool_args: None,
+        metadata: serde_json::json!({}),
+        created_at_ms: now_ms,
+        principal_id: None,
+        request_id: None,
+        decision: None,
+        model: None,
+        input_tokens: 0,
+        output_tokens: 0,
+        cost_nanos: 0,
+    }
+}
+
+impl Guard {
+    /// The tenant's capture settings, from cache (dropped on a `session_settings` change).
+    pub async fn session_capture(&self, tenant: &TenantId) -> Result<Arc<TenantCapture>, StoreError> {
+        if let Some(c) = self.cache.capture.get(tenant) {
+            return Ok(c.clone());
+        }
+        let generation = self.cache.generation();
+        let c = Arc::new(TenantCapture::new(self.store.session_settings(tenant).await?));
+        self.cache.capture.insert(tenant.clone(), c.clone());
+        if self.cache.stale_since(generation) {
+            self.cache.capture.remove(tenant);
+        }
+        Ok(c)
+    }
+
+    pub fn invalidate_session_capture(&self, tenant: &TenantId) {
+        self.cache.capture.remove(tenant);
+    }
+
+    /// Queues events captured from traffic (already prepared) for the next flush.
+    pub fn capture_session_events(&self, events: Vec<SessionEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let mut p = self.sessions.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if p.len() + events.len() > MAX_PENDING {
+            metrics::counter!("portcullis_session_events_dropped_total").increment(events.len() as u64);
+            return;
+        }
+        p.extend(events);
+    }
+
+    /// Prices events with tokens at the tenant's model-profile prices.
+    async fn price(&self, events: &mut [SessionEvent]) -> Result<(), StoreError> {
+        for e in events.iter_mut() {
+            if let Some(model) = &e.model
+                && e.cost_nanos == 0
+            {
+                e.cost_nanos = self.token_cost(&e.tenant_id, model, e.input_tokens, e.output_tokens).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes events now (the API's append): priced, then stored.
+    pub async fn append_session_events(&self, mut events: Vec<SessionEvent>) -> Result<(), StoreError> {
+        self.price(&mut events).await?;
+        self.store.append_session_events(&events).await
+    }
+
+    /// Writes what traffic captured. On failure the events are kept for the next attempt.
+    pub async fn flush_sessions(&self) -> Result<(), StoreError> {
+        let mut events = {
+            let mut p = self.sessions.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            std::mem::take(&mut *p)
+        };
+        if events.is_empty() {
+            return Ok(());
+        }
+        let result = match self.price(&mut events).await {
+            Ok(()) => self.store.append_session_events(&events).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            // Ids make the retry idempotent: events already stored are skipped.
+            let mut p = self.sessions.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut back = events;
+            back.append(&mut p);
+            *p = back;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The tenant's settings as stored, for the API.
+    pub async fn session_settings(&self, scope: &TenantScope) -> Result<SessionSettings, StoreError> {
+        self.store.session_settings(scope.tenant_id()).await
+    }
+}
