@@ -192,6 +192,10 @@ pub struct Guard {
     policy: Arc<portcullis_policy::Engine>,
     usage: usage::UsageLedger,
     sessions: sessions::Pending,
+    /// Held for the whole of a usage flush (take, price, write): the flush at shutdown waits
+    /// for one the maintenance task has in flight instead of finding its rows already taken and
+    /// exiting while they are still being written.
+    usage_flush: tokio::sync::Mutex<()>,
     /// Budget windows this process has started from the usage store: (tenant, window id).
     budget_seeded: dashmap::DashMap<(String, String), ()>,
 }
@@ -230,6 +234,7 @@ impl Guard {
             policy: cfg.policy,
             usage: usage::UsageLedger::default(),
             sessions: sessions::Pending::default(),
+            usage_flush: tokio::sync::Mutex::new(()),
             budget_seeded: dashmap::DashMap::new(),
         }))
     }

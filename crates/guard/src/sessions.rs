@@ -13,6 +13,8 @@ use std::sync::Arc;
 #[derive(Default)]
 pub struct Pending {
     events: std::sync::Mutex<Vec<SessionEvent>>,
+    /// Held for a whole flush, so the flush at shutdown waits for one in flight.
+    flushing: tokio::sync::Mutex<()>,
 }
 
 pub const MAX_PENDING: usize = 100_000;
@@ -153,6 +155,7 @@ impl Guard {
 
     /// Writes what traffic captured. On failure the events are kept for the next attempt.
     pub async fn flush_sessions(&self) -> Result<(), StoreError> {
+        let _one = self.sessions.flushing.lock().await;
         let mut events = {
             let mut p = self.sessions.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             std::mem::take(&mut *p)

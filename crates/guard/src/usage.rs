@@ -202,6 +202,7 @@ impl Guard {
     /// Prices what accumulated and adds it to the store. On failure the rows are kept for the
     /// next attempt (nothing is lost while the process lives).
     pub async fn flush_usage_ledger(&self) -> Result<(), StoreError> {
+        let _one = self.usage_flush.lock().await;
         self.flush_model_minutes().await?;
         let rows = self.usage.take();
         if rows.is_empty() {

@@ -262,3 +262,58 @@ pub(crate) fn session_settings_from(capture: String, patterns: String) -> Result
         .map_err(|_| StoreError::Corrupt(format!("session settings redact patterns `{patterns}`")))?;
     Ok(SessionSettings { capture, redact_patterns })
 }
+
+/// The session tables' row readers, written once for both backends' row types (each backend
+/// brings its own `corrupt`).
+macro_rules! session_row_readers {
+    ($row:ty) => {
+        fn session_summary_from(row: &$row) -> Result<SessionSummary> {
+            Ok(SessionSummary {
+                tenant_id: row.try_get("tenant_id")?,
+                session_id: row.try_get("session_id")?,
+                first_event_ms: row.try_get("first_event_ms")?,
+                last_event_ms: row.try_get("last_event_ms")?,
+                total_events: row.try_get("total_events")?,
+                user_messages: row.try_get("user_messages")?,
+                assistant_messages: row.try_get("assistant_messages")?,
+                tool_calls: row.try_get("tool_calls")?,
+                denied: row.try_get("denied")?,
+                input_tokens: row.try_get("input_tokens")?,
+                output_tokens: row.try_get("output_tokens")?,
+                cost_nanos: row.try_get("cost_nanos")?,
+                last_principal_id: row.try_get("last_principal_id")?,
+                last_model: row.try_get("last_model")?,
+            })
+        }
+
+        fn session_event_from(row: &$row) -> Result<SessionEvent> {
+            let kind: String = row.try_get("kind")?;
+            let tool_args: Option<String> = row.try_get("tool_args")?;
+            let metadata: String = row.try_get("metadata")?;
+            let decision: Option<String> = row.try_get("decision")?;
+            Ok(SessionEvent {
+                id: row.try_get("id")?,
+                tenant_id: row.try_get("tenant_id")?,
+                session_id: row.try_get("session_id")?,
+                kind: kind.parse().map_err(|_| corrupt("session event kind", &kind))?,
+                message: row.try_get("message")?,
+                tool_name: row.try_get("tool_name")?,
+                tool_args: tool_args
+                    .map(|t| serde_json::from_str(&t).map_err(|_| corrupt("session event tool_args", &t)))
+                    .transpose()?,
+                metadata: serde_json::from_str(&metadata).map_err(|_| corrupt("session event metadata", &metadata))?,
+                created_at_ms: row.try_get("created_at")?,
+                principal_id: row.try_get("principal_id")?,
+                request_id: row.try_get("request_id")?,
+                decision: decision
+                    .map(|d| serde_json::from_str(&d).map_err(|_| corrupt("session event decision", &d)))
+                    .transpose()?,
+                model: row.try_get("model")?,
+                input_tokens: row.try_get("input_tokens")?,
+                output_tokens: row.try_get("output_tokens")?,
+                cost_nanos: row.try_get("cost_nanos")?,
+            })
+        }
+    };
+}
+pub(crate) use session_row_readers;

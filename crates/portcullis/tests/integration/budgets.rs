@@ -2,7 +2,7 @@
 //! exactly k gets exactly k through and 402 for the rest (in-process limiter, and Redis when the
 //! suite runs with `PORTCULLIS_TEST_LIMITS=redis`); the 90 % warning header on every response past
 //! it and exactly one `budget.warning` audit event per window; spend survives a restart.
-use crate::harness::{Server, problem};
+use crate::harness::{Server, eventually, problem};
 use crate::upstream::Upstream;
 use serde_json::{Value, json};
 
@@ -57,10 +57,21 @@ fn call(b: &Budgeted) -> reqwest::blocking::Response {
         .unwrap()
 }
 
-fn spent_nanos(b: &Budgeted) -> i64 {
+fn spent_nanos_now(b: &Budgeted) -> i64 {
     let r = b.s.get("/v1/usage").bearer_auth(&b.op).header("x-tenant-id", &b.tenant).send().unwrap();
     let v: Value = r.json().unwrap();
     v["totals"]["cost_nanos"].as_i64().unwrap()
+}
+
+/// What the usage store says was spent once it holds at least `expected` (servers write usage
+/// every second): the caller then asserts it is exactly that.
+fn spent_nanos(b: &Budgeted, expected: i64) -> i64 {
+    let mut last = 0;
+    eventually(std::time::Duration::from_secs(10), || {
+        last = spent_nanos_now(b);
+        last >= expected
+    });
+    last
 }
 
 #[test]
@@ -75,7 +86,7 @@ fn a_burst_of_200_gets_exactly_what_the_budget_admits_and_402_for_the_rest() {
     let ok = statuses.iter().filter(|s| **s == 200).count();
     let refused = statuses.iter().filter(|s| **s == 402).count();
     assert_eq!((ok, refused), (25, 175), "{statuses:?}");
-    assert_eq!(spent_nanos(&b), 25 * CALL_NANOS, "settled at the real cost, to the nano-dollar");
+    assert_eq!(spent_nanos(&b, 25 * CALL_NANOS), 25 * CALL_NANOS, "settled at the real cost, to the nano-dollar");
 
     let r = call(&b);
     let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
@@ -119,7 +130,7 @@ fn a_restart_does_not_hand_the_budget_back() {
     b.op = b.s.operator_token();
     assert_eq!(call(&b).status(), 200, "0.02 of 0.03 was spent before the restart");
     assert_eq!(call(&b).status(), 402);
-    assert_eq!(spent_nanos(&b), 3 * CALL_NANOS);
+    assert_eq!(spent_nanos(&b, 3 * CALL_NANOS), 3 * CALL_NANOS);
 }
 
 #[test]
