@@ -144,6 +144,12 @@ impl Redactor {
         Redactor::new(&[]).unwrap_or(Redactor { patterns: Vec::new() })
     }
 
+    /// The built-in redaction, compiled once per process.
+    pub fn shared_builtin() -> &'static Redactor {
+        static BUILTIN_REDACTOR: std::sync::OnceLock<Redactor> = std::sync::OnceLock::new();
+        BUILTIN_REDACTOR.get_or_init(Redactor::builtin)
+    }
+
     pub fn text(&self, s: &str) -> String {
         let mut out = std::borrow::Cow::Borrowed(s);
         for re in &self.patterns {

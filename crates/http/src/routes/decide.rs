@@ -183,7 +183,7 @@ pub async fn authorize(
                     e.reason = Some(format!("limit:{}", r.kind.as_str()));
                     e.with_meta("decision_endpoint", serde_json::Value::from("authorize"))
                         .with_meta("policies", serde_json::json!(policies))
-                        .with_meta("context", body.context.clone().unwrap_or(serde_json::Value::Null));
+                        .with_meta("context", redacted_context(body.context.as_ref()));
                     app.guard.record(e).await?;
                     return Err(ApiError::Limited(r));
                 }
@@ -221,8 +221,8 @@ pub async fn authorize(
         if !errors.is_empty() {
             m.insert(String::from("policy_errors"), serde_json::json!(errors));
         }
-        if let Some(ctx) = &body.context {
-            m.insert(String::from("context"), ctx.clone());
+        if body.context.is_some() {
+            m.insert(String::from("context"), redacted_context(body.context.as_ref()));
         }
     }
     app.guard.record(e).await?;
@@ -238,6 +238,14 @@ pub async fn authorize(
         limits,
     };
     Ok((headers, Json(answer)).into_response())
+}
+
+/// The caller's context as the audit records it: credentials an agent put in a tool's arguments
+/// (API keys, bearer tokens, private keys…) do not belong in the audit log.
+fn redacted_context(ctx: Option<&serde_json::Value>) -> serde_json::Value {
+    let mut v = ctx.cloned().unwrap_or(serde_json::Value::Null);
+    portcullis_core::session::Redactor::shared_builtin().json(&mut v);
+    v
 }
 
 /// A decision about a session (named by `X-Session-Id` or `context.session_id`) goes into it: a

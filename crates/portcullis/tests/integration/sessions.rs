@@ -339,7 +339,7 @@ fn a_denied_tool_request_shows_the_policy_that_denied_it_in_the_session() {
 
     let ask = |tool: &str, via_header: bool| {
         let mut body = json!({"action": "tool.request", "resource": {"type": "tool", "id": tool},
-            "context": {"tool_args": {"cmd": "rm -rf /"}}});
+            "context": {"tool_args": {"cmd": "rm -rf /", "token": "sk-abcdefghijklmnopqrstuv"}}});
         let mut r = s.post("/v1/authorize").header("x-api-key", &t.key);
         if via_header {
             r = r.header("x-session-id", "agent-7");
@@ -365,7 +365,10 @@ fn a_denied_tool_request_shows_the_policy_that_denied_it_in_the_session() {
     assert_eq!(tools.len(), 2, "{d}");
     let denied = tools.iter().find(|e| e["tool_name"] == "shell").unwrap();
     assert_eq!(denied["decision"], json!({"result": "deny", "action": "tool.request", "policies": [pid]}));
-    assert_eq!(denied["tool_args"], json!({"cmd": "rm -rf /"}));
+    assert_eq!(denied["tool_args"], json!({"cmd": "rm -rf /", "token": "[REDACTED]"}));
+    // The audit record of the decision does not keep the credential either.
+    let audited = s.audit(&op, &format!("tenant_id={}&action=tool.request&result=denied", t.id));
+    assert_eq!(audited[0]["metadata"]["context"]["tool_args"]["token"], "[REDACTED]", "{:?}", audited[0]);
     let allowed = tools.iter().find(|e| e["tool_name"] == "search").unwrap();
     assert_eq!(allowed["decision"]["result"], "allow");
     assert_eq!(d["statistics"]["denied"], 1);
