@@ -183,3 +183,67 @@ impl Guard {
         self.store.session_settings(scope.tenant_id()).await
     }
 }
+
+/// How often expired sessions are looked for, and how long after start the first time.
+const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+const FIRST_PURGE: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Guard {
+    /// Deletes, tenant by tenant, the sessions without activity for `retention`; each tenant's
+    /// purge that removed anything is audited (`session.purge`). Returns the sessions removed.
+    pub async fn purge_expired_sessions(&self, retention: std::time::Duration) -> Result<u64, StoreError> {
+        let before = self.now_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+        let mut after: Option<String> = None;
+        let mut total = 0;
+        loop {
+            let page = self.store.list_tenants(after.as_deref(), 500).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id.to_string());
+            for t in &page {
+                let scope = TenantScope::authorized(t.id.clone(), false);
+                let gone = self.store.purge_sessions(&scope, before).await?;
+                if gone > 0 {
+                    total += gone;
+                    let meta = crate::RequestMeta {
+                        request_id: format!("retention-{}", uuid::Uuid::now_v7().simple()),
+                        ip: None,
+                        user_agent: None,
+                    };
+                    let mut e = self.event(&meta, "session.purge", portcullis_core::audit::AuditResult::Success);
+                    e.user_id = Some(String::from("system:retention"));
+                    e.tenant_id = Some(t.id.to_string());
+                    e.resource_type = Some(String::from("session"));
+                    e.reason = Some(String::from("retention"));
+                    e.metadata = serde_json::json!({ "sessions": gone, "inactive_before_ms": before });
+                    if let Err(err) = self.record(e).await {
+                        tracing::warn!(error = %err, "session purge could not be audited");
+                    }
+                }
+            }
+            if page.len() < 500 {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Runs [`Guard::purge_expired_sessions`] a minute after start and then every hour, until
+    /// the guard is dropped.
+    pub fn spawn_session_retention(self: &Arc<Self>, retention: std::time::Duration) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(FIRST_PURGE).await;
+            let mut tick = tokio::time::interval(PURGE_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(g) = weak.upgrade() else { break };
+                match g.purge_expired_sessions(retention).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(sessions = n, "expired sessions deleted"),
+                    Err(e) => tracing::warn!(error = %e, "expired sessions could not be deleted; next try in an hour"),
+                }
+            }
+        });
+    }
+}

@@ -38,8 +38,24 @@ pub struct Config {
     pub limits: LimitsSection,
     pub ip: IpSection,
     pub metrics: MetricsSection,
+    pub sessions: SessionsSection,
     pub tiers: BTreeMap<String, TierLimits>,
     pub routes: Vec<portcullis_http::proxy::RouteConfig>,
+}
+
+/// Agent sessions.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsSection {
+    /// Sessions without activity for this many days are deleted with their events (checked
+    /// every hour); 0 keeps them forever.
+    pub retention_days: u32,
+}
+
+impl Default for SessionsSection {
+    fn default() -> Self {
+        Self { retention_days: 90 }
+    }
 }
 
 /// The shared limiter (used when `redis_url` is set).
@@ -238,6 +254,7 @@ impl Default for Config {
             limits: LimitsSection::default(),
             ip: IpSection::default(),
             metrics: MetricsSection::default(),
+            sessions: SessionsSection::default(),
             routes: Vec::new(),
             tiers: Tier::ALL.iter().map(|t| (t.as_str().to_owned(), TierLimits::default_for(*t))).collect(),
         }
@@ -327,6 +344,7 @@ const ENV_KEYS: &[&str] = &[
     "limits",
     "ip",
     "metrics",
+    "sessions",
     "routes",
 ];
 

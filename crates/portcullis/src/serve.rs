@@ -120,6 +120,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let cfg = opened.cfg;
     let guard = opened.guard;
     guard.spawn_maintenance();
+    if cfg.sessions.retention_days > 0 {
+        guard.spawn_session_retention(Duration::from_secs(u64::from(cfg.sessions.retention_days) * 86_400));
+    }
     bootstrap(&guard, &local.to_string()).await?;
     let routes =
         portcullis_http::proxy::RouteTable::new(&cfg.routes).map_err(|e| anyhow::anyhow!("invalid route: {e}"))?;

@@ -351,6 +351,96 @@ async fn policies_are_reached_only_through_their_tenant(store: &dyn Store) {
     assert_eq!(store.policy_versions(&a, P1).await.unwrap().len(), 1);
 }
 
+fn event(tenant: &str, session: &str, id: u32, kind: portcullis_core::session::EventKind, at: i64) -> SessionEvent {
+    SessionEvent {
+        id: format!("evt_{id:032}"),
+        tenant_id: tenant.to_owned(),
+        session_id: session.to_owned(),
+        kind,
+        message: Some(format!("message {id}")),
+        tool_name: None,
+        tool_args: None,
+        metadata: serde_json::json!({"n": id}),
+        created_at_ms: at,
+        principal_id: Some(format!("key:{id}")),
+        request_id: None,
+        decision: None,
+        model: Some(String::from("m")),
+        input_tokens: 1,
+        output_tokens: 2,
+        cost_nanos: i64::from(id) * 10,
+    }
+}
+
+async fn sessions_total_page_isolate_and_expire(store: &dyn Store) {
+    use portcullis_core::session::{EventDecision, EventKind};
+    seed_tenants(store).await;
+    let (a, b) = (scope(TENANT_A), scope(TENANT_B));
+    let mut denied = event(TENANT_A, "s1", 3, EventKind::Tool, 3_000);
+    denied.decision =
+        Some(EventDecision { result: String::from("deny"), action: String::from("tool.request"), policies: vec![] });
+    let events = vec![
+        event(TENANT_A, "s1", 1, EventKind::User, 1_000),
+        event(TENANT_A, "s1", 2, EventKind::Assistant, 2_000),
+        denied,
+        event(TENANT_A, "s2", 4, EventKind::User, 5_000),
+        event(TENANT_B, "s1", 5, EventKind::User, 4_000),
+    ];
+    store.append_session_events(&events).await.unwrap();
+    // A retried batch is skipped event by event: totals do not double.
+    store.append_session_events(&events[..2]).await.unwrap();
+
+    let s1 = store.get_session(&a, "s1").await.unwrap().unwrap();
+    assert_eq!((s1.total_events, s1.user_messages, s1.assistant_messages, s1.tool_calls, s1.denied), (3, 1, 1, 1, 1));
+    assert_eq!((s1.first_event_ms, s1.last_event_ms, s1.cost_nanos, s1.input_tokens), (1_000, 3_000, 60, 3));
+    assert_eq!(s1.last_principal_id.as_deref(), Some("key:3"));
+    let b1 = store.get_session(&b, "s1").await.unwrap().unwrap();
+    assert_eq!(b1.total_events, 1, "B's s1 is another session");
+
+    let list = |sort, after, limit| SessionFilter { sort, after, limit, ..SessionFilter::default() };
+    let ids = |v: Vec<SessionSummary>| v.into_iter().map(|s| s.session_id).collect::<Vec<_>>();
+    assert_eq!(ids(store.list_sessions(&a, &list(SessionSort::Recent, None, 10)).await.unwrap()), ["s2", "s1"]);
+    assert_eq!(ids(store.list_sessions(&a, &list(SessionSort::Cost, None, 10)).await.unwrap()), ["s1", "s2"]);
+    let first = store.list_sessions(&a, &list(SessionSort::Cost, None, 1)).await.unwrap();
+    let cursor = (first[0].sort_key(SessionSort::Cost), first[0].session_id.clone());
+    assert_eq!(ids(store.list_sessions(&a, &list(SessionSort::Cost, Some(cursor), 10)).await.unwrap()), ["s2"]);
+    let filtered = SessionFilter { since_ms: Some(4_000), limit: 10, ..SessionFilter::default() };
+    assert_eq!(ids(store.list_sessions(&a, &filtered).await.unwrap()), ["s2"]);
+    let filtered = SessionFilter { contains: Some(String::from("1")), limit: 10, ..SessionFilter::default() };
+    assert_eq!(ids(store.list_sessions(&a, &filtered).await.unwrap()), ["s1"]);
+    assert_eq!(ids(store.list_sessions(&b, &list(SessionSort::Recent, None, 10)).await.unwrap()), ["s1"]);
+
+    let evs = store.session_events(&a, "s1", None, 2).await.unwrap();
+    assert_eq!(evs.iter().map(|e| e.created_at_ms).collect::<Vec<_>>(), [1_000, 2_000]);
+    assert_eq!(evs[0], events[0], "stored as given");
+    let rest = store.session_events(&a, "s1", Some(&evs[1].id), 10).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].decision.as_ref().map(|d| d.result.as_str()), Some("deny"));
+    // An event id of another tenant is no cursor into this one.
+    assert!(store.session_events(&b, "s1", Some(&evs[1].id), 10).await.unwrap().is_empty());
+    assert!(store.session_events(&b, "s2", None, 10).await.unwrap().is_empty());
+
+    // Retention: A's sessions idle since before 4 000 go with their events; B's are untouched.
+    assert_eq!(store.purge_sessions(&a, 4_000).await.unwrap(), 1);
+    assert!(store.get_session(&a, "s1").await.unwrap().is_none());
+    assert!(store.session_events(&a, "s1", None, 10).await.unwrap().is_empty());
+    assert!(store.get_session(&a, "s2").await.unwrap().is_some());
+    assert_eq!(store.get_session(&b, "s1").await.unwrap().unwrap().total_events, 1);
+
+    // Settings: defaults, then replaced, recorded in the change feed.
+    assert_eq!(store.session_settings(a.tenant_id()).await.unwrap(), SessionSettings::default());
+    let seq = store.latest_change_seq().await.unwrap();
+    let st = SessionSettings {
+        capture: portcullis_core::session::CaptureMode::Metadata,
+        redact_patterns: vec![String::from("x+")],
+    };
+    store.set_session_settings(a.tenant_id(), &st, 9).await.unwrap();
+    assert_eq!(store.session_settings(a.tenant_id()).await.unwrap(), st);
+    assert_eq!(store.session_settings(b.tenant_id()).await.unwrap(), SessionSettings::default());
+    let changes = store.changes_since(seq, 100).await.unwrap();
+    assert!(changes.iter().any(|c| c.kind == ChangeKind::SessionSettings && c.entity_id == TENANT_A));
+}
+
 macro_rules! conformance {
     ($($name:ident),*) => {
         mod sqlite_backend {
@@ -378,5 +468,6 @@ conformance!(
     policies_create_get_list_and_conflicts,
     policies_update_is_optimistic_and_versioned,
     policies_delete_keeps_the_history,
-    policies_are_reached_only_through_their_tenant
+    policies_are_reached_only_through_their_tenant,
+    sessions_total_page_isolate_and_expire
 );

@@ -175,6 +175,9 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<SessionEvent>>;
+    /// Deletes the tenant's sessions whose last event is older than `before_ms`, with their
+    /// events; returns how many sessions went.
+    async fn purge_sessions(&self, scope: &TenantScope, before_ms: i64) -> Result<u64>;
     async fn session_settings(&self, tenant: &TenantId) -> Result<SessionSettings>;
     /// Replaces the tenant's capture settings. Records a `session_settings` change.
     async fn set_session_settings(&self, tenant: &TenantId, s: &SessionSettings, now_ms: i64) -> Result<()>;

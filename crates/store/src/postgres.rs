@@ -527,8 +527,8 @@ pub const APP_GRANTS: &[(&str, &str)] = &[
     ("usage_daily", "SELECT, INSERT, UPDATE"),
     ("model_minutes", "SELECT, INSERT, UPDATE"),
     ("model_latency", "SELECT, INSERT, UPDATE"),
-    ("agent_sessions", "SELECT, INSERT, UPDATE"),
-    ("session_events", "SELECT, INSERT"),
+    ("agent_sessions", "SELECT, INSERT, UPDATE, DELETE"),
+    ("session_events", "SELECT, INSERT, DELETE"),
     ("session_settings", "SELECT, INSERT, UPDATE"),
     ("audit_events", "SELECT, INSERT"),
     ("audit_heads", "SELECT, INSERT, UPDATE"),
@@ -2261,6 +2261,29 @@ impl Store for PgStore {
         .await?;
         tx.commit().await?;
         rows.iter().map(session_event_from).collect()
+    }
+
+    async fn purge_sessions(&self, scope: &TenantScope, before_ms: i64) -> Result<u64> {
+        let tenant = scope.tenant_id().as_str();
+        let mut tx = tenant_tx(&self.pool, tenant).await?;
+        sqlx::query(
+            "DELETE FROM session_events WHERE tenant_id = $1 AND session_id IN \
+             (SELECT session_id FROM agent_sessions WHERE tenant_id = $1 AND last_event_ms < $2)",
+        )
+        .bind(tenant)
+        .bind(before_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(denied)?;
+        let gone = sqlx::query("DELETE FROM agent_sessions WHERE tenant_id = $1 AND last_event_ms < $2")
+            .bind(tenant)
+            .bind(before_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(denied)?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(gone)
     }
 
     async fn session_settings(&self, tenant: &TenantId) -> Result<SessionSettings> {

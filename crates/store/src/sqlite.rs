@@ -1564,6 +1564,28 @@ impl Store for SqliteStore {
         rows.iter().map(session_event_from).collect()
     }
 
+    async fn purge_sessions(&self, scope: &TenantScope, before_ms: i64) -> Result<u64> {
+        let tenant = scope.tenant_id().as_str();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "DELETE FROM session_events WHERE tenant_id = ? AND session_id IN \
+             (SELECT session_id FROM agent_sessions WHERE tenant_id = ? AND last_event_ms < ?)",
+        )
+        .bind(tenant)
+        .bind(tenant)
+        .bind(before_ms)
+        .execute(&mut *tx)
+        .await?;
+        let gone = sqlx::query("DELETE FROM agent_sessions WHERE tenant_id = ? AND last_event_ms < ?")
+            .bind(tenant)
+            .bind(before_ms)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(gone)
+    }
+
     async fn session_settings(&self, tenant: &TenantId) -> Result<SessionSettings> {
         let row = sqlx::query("SELECT capture, redact_patterns FROM session_settings WHERE tenant_id = ?")
             .bind(tenant.as_str())

@@ -34,7 +34,7 @@ const TENANT_TABLES: &[&str] = &[
 
 /// What the application role must be granted, and nothing more.
 const EXPECTED_GRANTS: &[(&str, &[&str])] = &[
-    ("agent_sessions", &["INSERT", "SELECT", "UPDATE"]),
+    ("agent_sessions", &["DELETE", "INSERT", "SELECT", "UPDATE"]),
     ("api_keys", &["INSERT", "SELECT", "UPDATE"]),
     ("audit_checkpoints", &["INSERT", "SELECT"]),
     ("audit_events", &["INSERT", "SELECT"]),
@@ -46,7 +46,7 @@ const EXPECTED_GRANTS: &[(&str, &[&str])] = &[
     ("policies", &["DELETE", "INSERT", "SELECT", "UPDATE"]),
     ("policy_versions", &["INSERT", "SELECT"]),
     ("schema_migrations", &["SELECT"]),
-    ("session_events", &["INSERT", "SELECT"]),
+    ("session_events", &["DELETE", "INSERT", "SELECT"]),
     ("session_settings", &["INSERT", "SELECT", "UPDATE"]),
     ("sessions", &["INSERT", "SELECT", "UPDATE"]),
     ("tenant_ip_rules", &["INSERT", "SELECT", "UPDATE"]),
