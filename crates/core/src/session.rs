@@ -134,6 +134,11 @@ impl Redactor {
                 .size_limit(1 << 20)
                 .build()
                 .map_err(|e| format!("redact pattern `{p}` is not a valid regular expression: {e}"))?;
+            if re.is_match("") {
+                return Err(format!(
+                    "redact pattern `{p}` matches the empty text (it would redact between every character)"
+                ));
+            }
             patterns.push(re);
         }
         Ok(Redactor { patterns })
@@ -276,6 +281,8 @@ mod tests {
     fn a_bad_pattern_is_named() {
         let e = Redactor::new(&[String::from("(unclosed")]).err().unwrap_or_default();
         assert!(e.contains("(unclosed"), "{e}");
+        let e = Redactor::new(&[String::from("a*")]).err().unwrap_or_default();
+        assert!(e.contains("empty"), "{e}");
     }
 
     #[test]

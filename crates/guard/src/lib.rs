@@ -831,10 +831,24 @@ impl Guard {
         self.cache.remove_session(id);
     }
 
-    /// Background upkeep: apply the change feed and flush key usage. Runs until the guard is dropped.
+    /// Background upkeep: apply the change feed and flush key usage; in a task of its own, write
+    /// captured session events (so a slow write never delays a revocation). Runs until the guard
+    /// is dropped.
     pub fn spawn_maintenance(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         let every = self.cache_refresh;
+        let sessions = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(g) = sessions.upgrade() else { break };
+                if let Err(e) = g.flush_sessions().await {
+                    tracing::warn!(error = %e, "session events could not be written; kept in memory for the next attempt");
+                }
+            }
+        });
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -847,9 +861,6 @@ impl Guard {
                 }
                 if let Err(e) = g.flush_usage_ledger().await {
                     tracing::warn!(error = %e, "usage could not be written; kept in memory for the next attempt");
-                }
-                if let Err(e) = g.flush_sessions().await {
-                    tracing::warn!(error = %e, "session events could not be written; kept in memory for the next attempt");
                 }
                 since_flush += every;
                 if since_flush >= Duration::from_secs(5) {

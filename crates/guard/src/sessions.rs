@@ -12,12 +12,35 @@ use std::sync::Arc;
 /// without limit while the store is away.
 #[derive(Default)]
 pub struct Pending {
-    events: std::sync::Mutex<Vec<SessionEvent>>,
+    /// The events, and about how many bytes they hold.
+    events: std::sync::Mutex<(Vec<SessionEvent>, usize)>,
     /// Held for a whole flush, so the flush at shutdown waits for one in flight.
     flushing: tokio::sync::Mutex<()>,
 }
 
 pub const MAX_PENDING: usize = 100_000;
+/// And at most this many bytes of text and JSON (an event holds at most ~100 KiB after
+/// [`TenantCapture::prepare`]).
+pub const MAX_PENDING_BYTES: usize = 256 * 1024 * 1024;
+/// Tool arguments and metadata larger than this (as JSON) are not kept as such.
+pub const MAX_JSON_BYTES: usize = 64 * 1024;
+/// Events written per store call: a flush never holds one long transaction.
+const FLUSH_CHUNK: usize = 500;
+
+fn floor_char(s: &str, mut i: usize) -> usize {
+    i = i.min(s.len());
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// About what an event weighs in memory, for the queue's bound.
+fn weight(e: &SessionEvent) -> usize {
+    256 + e.message.as_ref().map_or(0, String::len)
+        + e.tool_args.as_ref().map_or(0, |v| v.to_string().len())
+        + e.metadata.to_string().len()
+}
 
 /// A tenant's capture settings, compiled.
 #[derive(Debug)]
@@ -57,12 +80,19 @@ impl TenantCapture {
             }
             None => None,
         };
-        e.tool_name = e.tool_name.take().map(|t| clean_text(&t).0.chars().take(256).collect());
+        e.tool_name = e.tool_name.take().map(|t| clean_text(&self.redactor.text(&t)).0.chars().take(256).collect());
         e.tool_args = match e.tool_args.take() {
             Some(_) if metadata_only => None,
             Some(mut v) => {
                 self.redactor.json(&mut v);
-                Some(v)
+                // Arguments are kept up to MAX_JSON_BYTES as JSON; larger ones as cut text.
+                let text = v.to_string();
+                if text.len() > MAX_JSON_BYTES {
+                    cut = true;
+                    Some(serde_json::Value::String(clean_text(&text[..floor_char(&text, MAX_JSON_BYTES)]).0))
+                } else {
+                    Some(v)
+                }
             }
             None => None,
         };
@@ -70,6 +100,18 @@ impl TenantCapture {
             e.metadata = serde_json::json!({});
         }
         self.redactor.json(&mut e.metadata);
+        if e.metadata.to_string().len() > MAX_JSON_BYTES {
+            e.metadata = serde_json::json!({ "dropped": "metadata larger than 64 KiB" });
+        }
+        // Identifiers that came from the client: no NUL (PostgreSQL text cannot hold one), short.
+        for id in [&mut e.model, &mut e.principal_id, &mut e.request_id].into_iter().flatten() {
+            if id.contains('\0') || id.chars().count() > 256 {
+                *id = clean_text(id).0.chars().take(256).collect();
+            }
+        }
+        const MAX_TOKENS: i64 = 1 << 40;
+        e.input_tokens = e.input_tokens.clamp(0, MAX_TOKENS);
+        e.output_tokens = e.output_tokens.clamp(0, MAX_TOKENS);
         if cut && let Some(o) = e.metadata.as_object_mut() {
             o.insert(String::from("truncated"), serde_json::Value::Bool(true));
         }
@@ -127,12 +169,14 @@ impl Guard {
         if events.is_empty() {
             return;
         }
+        let bytes: usize = events.iter().map(weight).sum();
         let mut p = self.sessions.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if p.len() + events.len() > MAX_PENDING {
+        if p.0.len() + events.len() > MAX_PENDING || p.1 + bytes > MAX_PENDING_BYTES {
             metrics::counter!("portcullis_session_events_dropped_total").increment(events.len() as u64);
             return;
         }
-        p.extend(events);
+        p.0.extend(events);
+        p.1 += bytes;
     }
 
     /// Prices events with tokens at the tenant's model-profile prices.
@@ -153,27 +197,51 @@ impl Guard {
         self.store.append_session_events(&events).await
     }
 
-    /// Writes what traffic captured. On failure the events are kept for the next attempt.
+    /// Writes what traffic captured, in chunks. When the store is unavailable the rest is kept
+    /// for the next attempt (ids make the retry idempotent); a chunk the store refuses for what
+    /// it holds is dropped and counted, so one bad event cannot block every later one.
     pub async fn flush_sessions(&self) -> Result<(), StoreError> {
         let _one = self.sessions.flushing.lock().await;
         let mut events = {
             let mut p = self.sessions.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            std::mem::take(&mut *p)
+            p.1 = 0;
+            std::mem::take(&mut p.0)
         };
         if events.is_empty() {
             return Ok(());
         }
-        let result = match self.price(&mut events).await {
-            Ok(()) => self.store.append_session_events(&events).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
-            // Ids make the retry idempotent: events already stored are skipped.
-            let mut p = self.sessions.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let mut back = events;
-            back.append(&mut p);
-            *p = back;
-            return Err(e);
+        // Instances writing the same sessions lock their rows in the same order: no deadlock.
+        events.sort_by(|a, b| (&a.tenant_id, &a.session_id).cmp(&(&b.tenant_id, &b.session_id)));
+        let mut rest = events.as_mut_slice();
+        while !rest.is_empty() {
+            let n = rest.len().min(FLUSH_CHUNK);
+            let (chunk, tail) = rest.split_at_mut(n);
+            let result = match self.price(chunk).await {
+                Ok(()) => self.store.append_session_events(chunk).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => {}
+                Err(e @ StoreError::Unavailable(_)) => {
+                    let kept: Vec<SessionEvent> = chunk.iter().chain(tail.iter()).cloned().collect();
+                    let mut p = self.sessions.events.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let room = MAX_PENDING.saturating_sub(p.0.len());
+                    let dropped = kept.len().saturating_sub(room);
+                    if dropped > 0 {
+                        metrics::counter!("portcullis_session_events_dropped_total").increment(dropped as u64);
+                    }
+                    let mut back: Vec<SessionEvent> = kept.into_iter().take(room).collect();
+                    p.1 += back.iter().map(weight).sum::<usize>();
+                    back.append(&mut p.0);
+                    p.0 = back;
+                    return Err(e);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, events = n, "session events refused by the store; dropped");
+                    metrics::counter!("portcullis_session_events_dropped_total").increment(n as u64);
+                }
+            }
+            rest = tail;
         }
         Ok(())
     }

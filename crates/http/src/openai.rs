@@ -62,12 +62,25 @@ fn new_messages(m: &serde_json::Map<String, Value>) -> Vec<Message> {
         }
         _ => return Vec::new(),
     };
-    let start =
-        list.iter().rposition(|v| v.get("role").and_then(Value::as_str) == Some("assistant")).map_or(0, |i| i + 1);
+    // A turn ends with the model's output: an assistant message, or (Responses API) one of its
+    // output items, which carry a `type` and no role.
+    let answered = |v: &Value| {
+        v.get("role").and_then(Value::as_str) == Some("assistant")
+            || matches!(v.get("type").and_then(Value::as_str), Some("function_call" | "reasoning"))
+    };
+    let start = list.iter().rposition(answered).map_or(0, |i| i + 1);
     list[start..]
         .iter()
         .take(64)
         .filter_map(|v| {
+            if v.get("type").and_then(Value::as_str) == Some("function_call_output") {
+                let output = v.get("output").map(|o| o.as_str().map_or_else(|| o.to_string(), str::to_owned));
+                return Some(Message {
+                    role: String::from("tool"),
+                    text: output.unwrap_or_default(),
+                    name: v.get("call_id").and_then(Value::as_str).map(|s| s.chars().take(256).collect()),
+                });
+            }
             let role = v.get("role").and_then(Value::as_str)?;
             Some(Message {
                 role: role.chars().take(32).collect(),
@@ -383,6 +396,14 @@ mod tests {
         assert_eq!(i.session_id.as_deref(), Some("from-header"));
         let (_, i) = inspect_request(Bytes::from_static(br#"{"messages":[{"role":"user","content":"x"}]}"#), None);
         assert!(i.session_id.is_none() && i.new_messages.is_empty(), "no session: nothing collected");
+        // Responses API: a tool loop's earlier turns end with the model's function call.
+        let body = br#"{"model":"m","input":[{"role":"user","content":"weather?"},
+            {"type":"function_call","call_id":"c1","name":"weather","arguments":"{}"},
+            {"type":"function_call_output","call_id":"c1","output":"sunny"}]}"#;
+        let (_, i) = inspect_request(Bytes::from_static(body), Some("s"));
+        let got: Vec<(&str, &str, Option<&str>)> =
+            i.new_messages.iter().map(|m| (m.role.as_str(), m.text.as_str(), m.name.as_deref())).collect();
+        assert_eq!(got, vec![("tool", "sunny", Some("c1"))]);
     }
 
     #[test]

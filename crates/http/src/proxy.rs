@@ -354,10 +354,35 @@ fn strip_request_headers(h: &mut HeaderMap) {
     }
     h.remove(&X_API_KEY);
     h.remove(&X_TENANT_ID);
+    strip_ui_cookie(h);
     // Identity headers are ours to set: a caller must not be able to forge them.
     let forged: Vec<HeaderName> = h.keys().filter(|k| k.as_str().starts_with("x-portcullis-")).cloned().collect();
     for name in forged {
         h.remove(name);
+    }
+}
+
+/// The operator UI's session cookie is ours: it never reaches an upstream (a browser on the
+/// gateway's origin sends it with every request).
+fn strip_ui_cookie(h: &mut HeaderMap) {
+    if !h.contains_key(header::COOKIE) {
+        return;
+    }
+    let prefix = format!("{}=", crate::ui::COOKIE);
+    let kept: Vec<String> = h
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && !c.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect();
+    h.remove(header::COOKIE);
+    if !kept.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+    {
+        h.insert(header::COOKIE, v);
     }
 }
 
@@ -367,6 +392,29 @@ fn strip_response_headers(h: &mut HeaderMap) {
         h.remove(name);
     }
     h.remove(&KEEP_ALIVE);
+    // An upstream must not set (or plant) the UI's session cookie.
+    if h.contains_key(header::SET_COOKIE) {
+        let prefix = format!("{}=", crate::ui::COOKIE);
+        let kept: Vec<HeaderValue> = h
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter(|v| !v.to_str().is_ok_and(|s| s.trim_start().starts_with(&prefix)))
+            .cloned()
+            .collect();
+        h.remove(header::SET_COOKIE);
+        for v in kept {
+            h.append(header::SET_COOKIE, v);
+        }
+    }
+    // A document from an upstream shares the gateway's origin with the operator UI: it is
+    // sandboxed (an opaque origin), so its script can reach neither the UI's session nor its API.
+    let html = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| {
+        let ct = ct.trim_start().to_ascii_lowercase();
+        ct.starts_with("text/html") || ct.starts_with("application/xhtml") || ct.starts_with("image/svg")
+    });
+    if html {
+        h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox; frame-ancestors 'none'"));
+    }
 }
 
 // Names built once: inserting by `&str` parses and validates the name on every request.
@@ -980,7 +1028,11 @@ async fn forward(
     app.guard.record(e).await?;
     let session = match (&mut openai_req, grant.principal.tenant_id.as_ref()) {
         (Some(info), Some(tenant)) if info.session_id.is_some() => {
-            capture_request(app, tenant, &grant.principal.id, meta, info).await?
+            // Best effort: a request is never failed (nor its budget stranded) by its capture.
+            capture_request(app, tenant, &grant.principal.id, meta, info).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "session capture settings unavailable; this request is not captured");
+                None
+            })
         }
         _ => None,
     };

@@ -106,30 +106,39 @@ pub fn csrf_token(session_token: &str) -> String {
     portcullis_guard::sha256_hex(&format!("portcullis-ui-csrf\0{session_token}"))
 }
 
-fn same_origin(headers: &HeaderMap) -> bool {
+pub(crate) fn same_origin(headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
-        // Browsers send Origin on every cross-origin POST; its absence means same-origin or not
-        // a browser (the CSRF token still has to match).
+        // Browsers send Origin on every cross-origin request that could matter (CORS reads and
+        // every POST); its absence means same-origin or not a browser (the CSRF token still has
+        // to match on a change).
         return true;
     };
-    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+    let Some(authority) = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) else {
         return false;
     };
-    let rest = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
-    rest.is_some_and(|r| r.eq_ignore_ascii_case(host))
+    // The host the browser used: `Host`, or behind a reverse proxy that rewrites it, the
+    // `X-Forwarded-Host` it sets (a page on another site can send neither with a cookie).
+    let host =
+        |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(|v| v.split(',').next().unwrap_or("").trim());
+    [host("host"), host("x-forwarded-host")]
+        .into_iter()
+        .flatten()
+        .any(|h| !h.is_empty() && h.eq_ignore_ascii_case(authority))
 }
 
 fn is_mutation(m: &Method) -> bool {
     !matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
-/// Why a cookie-authenticated request was refused, if it was.
+/// Why a cookie-authenticated request was refused, if it was: any request from another origin
+/// (reads too: a credentialed CORS configuration must not hand the UI's session to another
+/// site), and a change without the CSRF token.
 pub fn csrf_violation(method: &Method, headers: &HeaderMap, token: &str) -> Option<&'static str> {
-    if !is_mutation(method) {
-        return None;
-    }
     if !same_origin(headers) {
         return Some("cross-origin request");
+    }
+    if !is_mutation(method) {
+        return None;
     }
     let sent = headers.get(CSRF_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
     let want = csrf_token(token);

@@ -1788,7 +1788,7 @@
       btn.disabled = true;
       replace(out, loading('Verifying the audit chain…'));
       try {
-        const r = await api('GET', '/v1/audit/verify', { tenant: false });
+        const r = await api('POST', '/v1/audit/verify', { tenant: false });
         const ok = !!r.ok;
         const problems = Array.isArray(r.problems) ? r.problems : [];
         replace(out,

@@ -136,8 +136,10 @@ pub struct VerifyView {
 static VERIFYING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Verifies every hash chain and signed checkpoint of the audit log, as `portcullis audit
-/// verify` does (operators). Reads the whole log: for very large logs prefer the CLI.
-#[utoipa::path(get, path = "/v1/audit/verify", tag = "audit", security(("bearer" = [])),
+/// verify` does (operators). Reads the whole log, one run at a time (a POST: from the UI it needs
+/// the CSRF token, so another site cannot make a signed-in browser start runs); for very large
+/// logs prefer the CLI.
+#[utoipa::path(post, path = "/v1/audit/verify", tag = "audit", security(("bearer" = [])),
     responses((status = 200, body = VerifyView), (status = 401, body = ProblemDoc), (status = 403, body = ProblemDoc),
         (status = 503, body = ProblemDoc)))]
 pub async fn verify(a: Authed<perm::TenantsManage>) -> Result<Json<VerifyView>, ApiError> {

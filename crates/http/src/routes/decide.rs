@@ -183,7 +183,7 @@ pub async fn authorize(
                     e.reason = Some(format!("limit:{}", r.kind.as_str()));
                     e.with_meta("decision_endpoint", serde_json::Value::from("authorize"))
                         .with_meta("policies", serde_json::json!(policies))
-                        .with_meta("context", redacted_context(body.context.as_ref()));
+                        .with_meta("context", redacted_context(&app, &c, body.context.as_ref()).await);
                     app.guard.record(e).await?;
                     return Err(ApiError::Limited(r));
                 }
@@ -214,6 +214,10 @@ pub async fn authorize(
         e.resource_id = Some(r.id.clone());
     }
     e.reason = (!allowed).then(|| reasons.join(","));
+    let context = match &body.context {
+        Some(_) => Some(redacted_context(&app, &c, body.context.as_ref()).await),
+        None => None,
+    };
     if let serde_json::Value::Object(m) = &mut e.metadata {
         m.insert(String::from("decision_endpoint"), serde_json::Value::from("authorize"));
         m.insert(String::from("reasons"), serde_json::json!(reasons));
@@ -221,8 +225,8 @@ pub async fn authorize(
         if !errors.is_empty() {
             m.insert(String::from("policy_errors"), serde_json::json!(errors));
         }
-        if body.context.is_some() {
-            m.insert(String::from("context"), redacted_context(body.context.as_ref()));
+        if let Some(ctx) = context {
+            m.insert(String::from("context"), ctx);
         }
     }
     app.guard.record(e).await?;
@@ -241,10 +245,18 @@ pub async fn authorize(
 }
 
 /// The caller's context as the audit records it: credentials an agent put in a tool's arguments
-/// (API keys, bearer tokens, private keys…) do not belong in the audit log.
-fn redacted_context(ctx: Option<&serde_json::Value>) -> serde_json::Value {
+/// (API keys, bearer tokens, private keys…) and what the tenant's redact patterns name do not
+/// belong in the audit log.
+async fn redacted_context(app: &AppState, c: &Caller, ctx: Option<&serde_json::Value>) -> serde_json::Value {
     let mut v = ctx.cloned().unwrap_or(serde_json::Value::Null);
-    portcullis_core::session::Redactor::shared_builtin().json(&mut v);
+    let tenant_capture = match c.grant.principal.tenant_id.as_ref() {
+        Some(t) => app.guard.session_capture(t).await.ok(),
+        None => None,
+    };
+    match &tenant_capture {
+        Some(capture) => capture.redactor.json(&mut v),
+        None => portcullis_core::session::Redactor::shared_builtin().json(&mut v),
+    }
     v
 }
 
@@ -261,7 +273,9 @@ async fn capture_decision(
 ) -> Result<(), ApiError> {
     use portcullis_core::session::{EventDecision, EventKind};
     let is_tool = body.action == "tool.request";
-    if !is_tool && allowed {
+    // Policy decisions only: a limit's refusal says nothing about the tool (and capturing it
+    // would let a flood of refused calls fill the capture queue).
+    if (!is_tool && allowed) || (!allowed && decided_by.iter().any(|r| r.starts_with("limit:"))) {
         return Ok(());
     }
     let capture = app.guard.session_capture(tenant).await?;

@@ -197,7 +197,7 @@ fn openapi_documents_every_route() {
         ("/v1/session-settings", "get"),
         ("/v1/session-settings", "put"),
         ("/v1/tenants/{id}/budget", "get"),
-        ("/v1/audit/verify", "get"),
+        ("/v1/audit/verify", "post"),
         ("/ui", "get"),
         ("/ui/{file}", "get"),
         ("/ui/login", "post"),

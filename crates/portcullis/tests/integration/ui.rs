@@ -2,6 +2,7 @@
 //! puts the session in an HttpOnly SameSite=Strict cookie, and the CSRF rules for requests that
 //! cookie authenticates. The pages themselves are walked in a real browser by `browser.rs`.
 use crate::harness::{Server, problem};
+use crate::upstream::Upstream;
 use reqwest::blocking::Response;
 use serde_json::{Value, json};
 
@@ -119,6 +120,23 @@ fn the_ui_session_is_an_httponly_cookie_and_every_change_needs_the_csrf_token() 
     let ok = create(Some(&csrf), Some(origin));
     assert_eq!(ok.status(), 201);
     assert_eq!(tenants(&s, &cookie), before + 1);
+    // Behind a reverse proxy that rewrites Host, the origin the browser used is X-Forwarded-Host.
+    let proxied = s
+        .post("/v1/tenants")
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .header("origin", "https://gw.example.com")
+        .header("x-forwarded-host", "gw.example.com")
+        .json(&json!({"name": "behind-a-proxy", "tier": "free"}))
+        .send()
+        .unwrap();
+    assert_eq!(proxied.status(), 201);
+    // Reads with the cookie from another origin are refused too (a credentialed CORS setting
+    // must not hand the session to another site); same-origin reads work.
+    let r = s.get("/v1/tenants").header("cookie", &cookie).header("origin", "http://evil.example").send().unwrap();
+    assert_eq!(problem(r).0, 403);
+    let r = s.get("/ui/session").header("cookie", &cookie).header("origin", origin).send().unwrap();
+    assert_eq!(r.status(), 200);
     // A header credential is used as before: no CSRF rule for it (browsers cannot forge it).
     let r = s.post("/v1/tenants").bearer_auth(&op).json(&json!({"name": "by-bearer", "tier": "free"})).send().unwrap();
     assert_eq!(r.status(), 201);
@@ -131,4 +149,29 @@ fn the_ui_session_is_an_httponly_cookie_and_every_change_needs_the_csrf_token() 
     assert_eq!(problem(s.get("/ui/session").header("cookie", &cookie).send().unwrap()).0, 401);
     assert_eq!(problem(s.get("/v1/tenants").header("cookie", &cookie).send().unwrap()).0, 401);
     assert_eq!(problem(s.get("/ui/session").send().unwrap()).0, 401, "no cookie: signed out");
+}
+
+#[test]
+fn the_ui_session_never_crosses_the_proxy_and_upstream_pages_are_sandboxed() {
+    let up = Upstream::start();
+    let s = Server::start_with(&[], Some(&up.route("/up", "", "conversation.send", "")));
+    let op = s.operator_token();
+    let tenant = s.create_tenant(&op, "proxied", "pro");
+    let (_, key) = s.create_key(&op, &tenant, "service");
+    let r = s
+        .get("/up/page")
+        .header("x-api-key", &key)
+        .header("cookie", "portcullis_session=pcs_0123456789abcdef0123456789abcdef; theirs=2")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-security-policy"],
+        "sandbox; frame-ancestors 'none'",
+        "an upstream document runs in an opaque origin, whatever policy it sent"
+    );
+    let cookies: Vec<&str> = r.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).collect();
+    assert_eq!(cookies, ["theirs=1; Path=/"], "an upstream cannot set the UI's session cookie");
+    let seen = up.seen_at("/page");
+    assert_eq!(seen[0].header("cookie"), Some("theirs=2"), "the UI's cookie is not forwarded");
 }

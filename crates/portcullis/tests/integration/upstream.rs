@@ -10,6 +10,8 @@
 //!   waits for one [`Upstream::release`]; with `abort=1` the connection is cut after the last
 //!   event instead of ending the body;
 //! - `…/hang`: reads the request and never answers;
+//! - `…/page`: an HTML page with a permissive CSP of its own and two cookies, one of them named
+//!   like the gateway's UI session;
 //! - `…/completions` with a JSON body holding `messages`: an OpenAI-style chat completion of it
 //!   (other bodies get the echo): `prompt_tokens` is the
 //!   number of characters of the messages' contents, `completion_tokens` the request's
@@ -336,6 +338,15 @@ fn answer(w: &mut TcpStream, seen: &Seen, sh: &Shared) -> std::io::Result<()> {
     }
     if last == "completions" && seen.body_text.contains("\"messages\"") {
         return completion(w, seen);
+    }
+    if last == "page" {
+        let headers = [
+            ("content-type", String::from("text/html; charset=utf-8")),
+            ("content-security-policy", String::from("default-src * 'unsafe-inline'")),
+            ("set-cookie", String::from("portcullis_session=pcs_planted; Path=/")),
+            ("set-cookie", String::from("theirs=1; Path=/")),
+        ];
+        return respond(w, 200, &headers, b"<script>fetch('/ui/session')</script>");
     }
     if last == "hang" {
         let mut g = sh.permits.lock().unwrap();
