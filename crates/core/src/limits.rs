@@ -30,6 +30,11 @@ pub fn usd_to_nanos(usd: f64) -> Option<i64> {
     Some((usd * 1e9).round() as i64)
 }
 
+/// Nano-USD to USD, for display and JSON.
+pub fn nanos_to_usd(nanos: i64) -> f64 {
+    nanos as f64 / 1e9
+}
+
 impl LimitOverrides {
     pub fn validate(&self) -> Result<(), String> {
         if self.rate_per_minute == Some(0) || self.concurrency == Some(0) || self.requests_per_day == Some(0) {
@@ -68,7 +73,7 @@ pub struct EffectiveLimits {
 
 fn nanos_as_usd<S: serde::Serializer>(v: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
     match v {
-        Some(n) => s.serialize_f64(*n as f64 / 1e9),
+        Some(n) => s.serialize_f64(nanos_to_usd(*n)),
         None => s.serialize_none(),
     }
 }

@@ -90,6 +90,28 @@ pub enum CaptureMode {
     Off,
 }
 
+impl CaptureMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaptureMode::Full => "full",
+            CaptureMode::Metadata => "metadata",
+            CaptureMode::Off => "off",
+        }
+    }
+}
+
+impl FromStr for CaptureMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "full" => Ok(CaptureMode::Full),
+            "metadata" => Ok(CaptureMode::Metadata),
+            "off" => Ok(CaptureMode::Off),
+            other => Err(format!("capture `{other}`: expected `full`, `metadata` or `off`")),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionSettings {
     pub capture: CaptureMode,
@@ -174,6 +196,24 @@ impl Redactor {
             _ => {}
         }
     }
+}
+
+/// The length of a JSON value's compact text, counted without building the text.
+pub fn json_len(v: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    // Writing a `Value` to a sink that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
 }
 
 /// Text as stored: NUL characters (which PostgreSQL text cannot hold) replaced, cut to
@@ -283,6 +323,12 @@ mod tests {
         assert!(e.contains("(unclosed"), "{e}");
         let e = Redactor::new(&[String::from("a*")]).err().unwrap_or_default();
         assert!(e.contains("empty"), "{e}");
+    }
+
+    #[test]
+    fn json_len_is_the_length_of_the_text() {
+        let v = serde_json::json!({"a": [1, "é\u{0}", null], "b": {"c": true}});
+        assert_eq!(json_len(&v), v.to_string().len());
     }
 
     #[test]

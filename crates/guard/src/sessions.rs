@@ -2,7 +2,7 @@
 //! by the maintenance task with usage) or appended through the API (written before the answer),
 //! each passed through the tenant's capture settings and redaction first.
 use crate::Guard;
-use portcullis_core::session::{CaptureMode, Redactor, SessionSettings, clean_text};
+use portcullis_core::session::{CaptureMode, Redactor, SessionSettings, clean_text, json_len};
 use portcullis_core::{TenantId, TenantScope};
 use portcullis_store::{SessionEvent, StoreError};
 use std::sync::Arc;
@@ -37,9 +37,7 @@ fn floor_char(s: &str, mut i: usize) -> usize {
 
 /// About what an event weighs in memory, for the queue's bound.
 fn weight(e: &SessionEvent) -> usize {
-    256 + e.message.as_ref().map_or(0, String::len)
-        + e.tool_args.as_ref().map_or(0, |v| v.to_string().len())
-        + e.metadata.to_string().len()
+    256 + e.message.as_ref().map_or(0, String::len) + e.tool_args.as_ref().map_or(0, json_len) + json_len(&e.metadata)
 }
 
 /// A tenant's capture settings, compiled.
@@ -55,7 +53,7 @@ impl TenantCapture {
         // built-in redaction rather than storing text unredacted or failing traffic.
         let redactor = Redactor::new(&settings.redact_patterns).unwrap_or_else(|e| {
             tracing::warn!(error = %e, "stored redact patterns do not compile; built-in redaction only");
-            Redactor::builtin()
+            Redactor::shared_builtin().clone()
         });
         TenantCapture { settings, redactor }
     }
@@ -86,9 +84,9 @@ impl TenantCapture {
             Some(mut v) => {
                 self.redactor.json(&mut v);
                 // Arguments are kept up to MAX_JSON_BYTES as JSON; larger ones as cut text.
-                let text = v.to_string();
-                if text.len() > MAX_JSON_BYTES {
+                if json_len(&v) > MAX_JSON_BYTES {
                     cut = true;
+                    let text = v.to_string();
                     Some(serde_json::Value::String(clean_text(&text[..floor_char(&text, MAX_JSON_BYTES)]).0))
                 } else {
                     Some(v)
@@ -100,7 +98,7 @@ impl TenantCapture {
             e.metadata = serde_json::json!({});
         }
         self.redactor.json(&mut e.metadata);
-        if e.metadata.to_string().len() > MAX_JSON_BYTES {
+        if json_len(&e.metadata) > MAX_JSON_BYTES {
             e.metadata = serde_json::json!({ "dropped": "metadata larger than 64 KiB" });
         }
         // Identifiers that came from the client: no NUL (PostgreSQL text cannot hold one), short.
@@ -118,30 +116,37 @@ impl TenantCapture {
     }
 }
 
-/// A new event of `kind` in `session_id`, stamped now, with a fresh time-ordered id.
-pub fn new_event(
-    tenant: &TenantId,
-    session_id: &str,
-    kind: portcullis_core::session::EventKind,
-    now_ms: i64,
-) -> SessionEvent {
-    SessionEvent {
-        id: format!("evt_{}", uuid::Uuid::now_v7().simple()),
-        tenant_id: tenant.to_string(),
-        session_id: session_id.to_owned(),
-        kind,
-        message: None,
-        tool_name: None,
-        tool_args: None,
-        metadata: serde_json::json!({}),
-        created_at_ms: now_ms,
-        principal_id: None,
-        request_id: None,
-        decision: None,
-        model: None,
-        input_tokens: 0,
-        output_tokens: 0,
-        cost_nanos: 0,
+/// Where the events of one request come from: tenant, session, caller, request, time.
+pub struct EventOrigin<'a> {
+    pub tenant: &'a TenantId,
+    pub session_id: &'a str,
+    /// The caller as the audit log names it.
+    pub principal_id: &'a str,
+    pub request_id: &'a str,
+    pub now_ms: i64,
+}
+
+impl EventOrigin<'_> {
+    /// A new event of `kind` with a fresh time-ordered id.
+    pub fn event(&self, kind: portcullis_core::session::EventKind) -> SessionEvent {
+        SessionEvent {
+            id: format!("evt_{}", uuid::Uuid::now_v7().simple()),
+            tenant_id: self.tenant.to_string(),
+            session_id: self.session_id.to_owned(),
+            kind,
+            message: None,
+            tool_name: None,
+            tool_args: None,
+            metadata: serde_json::json!({}),
+            created_at_ms: self.now_ms,
+            principal_id: Some(self.principal_id.to_owned()),
+            request_id: Some(self.request_id.to_owned()),
+            decision: None,
+            model: None,
+            input_tokens: 0,
+            output_tokens: 0,
+            cost_nanos: 0,
+        }
     }
 }
 

@@ -139,9 +139,9 @@ impl IntoResponse for ApiError {
             ApiError::Budget(b) => format!(
                 "the tenant's {} budget of ${:.2} is used up (${:.6} spent or reserved; this request may cost up to ${:.6}); it resets at {}",
                 b.window.kind,
-                b.window.limit_nanos as f64 / 1e9,
-                b.used_nanos as f64 / 1e9,
-                b.amount_nanos as f64 / 1e9,
+                portcullis_core::limits::nanos_to_usd(b.window.limit_nanos),
+                portcullis_core::limits::nanos_to_usd(b.used_nanos),
+                portcullis_core::limits::nanos_to_usd(b.amount_nanos),
                 portcullis_core::timefmt::rfc3339_ms(b.window.reset_ms)
             ),
             other => other.to_string(),
@@ -176,8 +176,14 @@ impl IntoResponse for ApiError {
                 let mut ext = serde_json::Map::new();
                 ext.insert(String::from("window"), serde_json::Value::from(b.window.kind));
                 ext.insert(String::from("window_id"), serde_json::Value::from(b.window.id.clone()));
-                ext.insert(String::from("limit_usd"), serde_json::json!(b.window.limit_nanos as f64 / 1e9));
-                ext.insert(String::from("used_usd"), serde_json::json!(b.used_nanos as f64 / 1e9));
+                ext.insert(
+                    String::from("limit_usd"),
+                    serde_json::json!(portcullis_core::limits::nanos_to_usd(b.window.limit_nanos)),
+                );
+                ext.insert(
+                    String::from("used_usd"),
+                    serde_json::json!(portcullis_core::limits::nanos_to_usd(b.used_nanos)),
+                );
                 ext.insert(
                     String::from("reset_at"),
                     serde_json::Value::from(portcullis_core::timefmt::rfc3339_ms(b.window.reset_ms)),

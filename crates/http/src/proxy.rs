@@ -368,14 +368,14 @@ fn strip_ui_cookie(h: &mut HeaderMap) {
     if !h.contains_key(header::COOKIE) {
         return;
     }
-    let prefix = format!("{}=", crate::ui::COOKIE);
+    let prefix = crate::ui::COOKIE_PAIR_PREFIX;
     let kept: Vec<String> = h
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .map(str::trim)
-        .filter(|c| !c.is_empty() && !c.starts_with(&prefix))
+        .filter(|c| !c.is_empty() && !c.starts_with(prefix))
         .map(str::to_owned)
         .collect();
     h.remove(header::COOKIE);
@@ -394,11 +394,11 @@ fn strip_response_headers(h: &mut HeaderMap) {
     h.remove(&KEEP_ALIVE);
     // An upstream must not set (or plant) the UI's session cookie.
     if h.contains_key(header::SET_COOKIE) {
-        let prefix = format!("{}=", crate::ui::COOKIE);
+        let prefix = crate::ui::COOKIE_PAIR_PREFIX;
         let kept: Vec<HeaderValue> = h
             .get_all(header::SET_COOKIE)
             .iter()
-            .filter(|v| !v.to_str().is_ok_and(|s| s.trim_start().starts_with(&prefix)))
+            .filter(|v| !v.to_str().is_ok_and(|s| s.trim_start().starts_with(prefix)))
             .cloned()
             .collect();
         h.remove(header::SET_COOKIE);
@@ -408,9 +408,11 @@ fn strip_response_headers(h: &mut HeaderMap) {
     }
     // A document from an upstream shares the gateway's origin with the operator UI: it is
     // sandboxed (an opaque origin), so its script can reach neither the UI's session nor its API.
-    let html = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| {
-        let ct = ct.trim_start().to_ascii_lowercase();
-        ct.starts_with("text/html") || ct.starts_with("application/xhtml") || ct.starts_with("image/svg")
+    let html = h.get(header::CONTENT_TYPE).is_some_and(|v| {
+        let ct = v.as_bytes().trim_ascii_start();
+        [&b"text/html"[..], b"application/xhtml", b"image/svg"]
+            .iter()
+            .any(|p| ct.get(..p.len()).is_some_and(|head| head.eq_ignore_ascii_case(p)))
     });
     if html {
         h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox; frame-ancestors 'none'"));
@@ -498,21 +500,21 @@ impl UsageTap {
     /// one `tool` event per tool call, or a system note when the upstream failed.
     fn session_events(&mut self, s: &SessionTap, model: &str) -> Vec<portcullis_store::SessionEvent> {
         use portcullis_core::session::EventKind;
-        let now = self.guard.now_ms();
-        let event = |kind: EventKind, principal: &str| {
-            let mut e = portcullis_guard::sessions::new_event(&self.tenant, &s.id, kind, now);
-            e.principal_id = Some(principal.to_owned());
-            e.request_id = Some(s.request_id.clone());
-            e
+        let origin = portcullis_guard::sessions::EventOrigin {
+            tenant: &self.tenant,
+            session_id: &s.id,
+            principal_id: &self.principal,
+            request_id: &s.request_id,
+            now_ms: self.guard.now_ms(),
         };
         let mut out = Vec::new();
         if self.status >= 400 {
-            let mut e = event(EventKind::System, &self.principal);
+            let mut e = origin.event(EventKind::System);
             e.message = Some(format!("the upstream answered {}", self.status));
             e.metadata = serde_json::json!({ "status": self.status });
             out.push(e);
         } else {
-            let mut e = event(EventKind::Assistant, &self.principal);
+            let mut e = origin.event(EventKind::Assistant);
             e.message = Some(std::mem::take(&mut self.usage.text));
             e.model = (!model.is_empty()).then(|| model.to_owned());
             e.input_tokens = i64::try_from(self.usage.input_tokens).unwrap_or(i64::MAX);
@@ -521,7 +523,7 @@ impl UsageTap {
                 serde_json::json!({ "status": self.status, "latency_ms": self.started.elapsed().as_millis() as u64 });
             out.push(e);
             for (name, args) in std::mem::take(&mut self.usage.tool_calls) {
-                let mut t = event(EventKind::Tool, &self.principal);
+                let mut t = origin.event(EventKind::Tool);
                 t.tool_name = Some(if name.is_empty() { String::from("(unnamed)") } else { name });
                 t.tool_args = Some(serde_json::from_str(&args).unwrap_or(serde_json::Value::String(args)));
                 t.metadata = serde_json::json!({ "phase": "call" });
@@ -735,7 +737,13 @@ async fn capture_request(
     if !capture.captures() {
         return Ok(None);
     }
-    let now = app.guard.now_ms();
+    let origin = portcullis_guard::sessions::EventOrigin {
+        tenant,
+        session_id: &id,
+        principal_id: principal,
+        request_id: &meta.request_id,
+        now_ms: app.guard.now_ms(),
+    };
     let events = std::mem::take(&mut info.new_messages)
         .into_iter()
         .map(|m| {
@@ -745,9 +753,7 @@ async fn capture_request(
                 "assistant" => EventKind::Assistant,
                 _ => EventKind::System,
             };
-            let mut e = portcullis_guard::sessions::new_event(tenant, &id, kind, now);
-            e.principal_id = Some(principal.to_owned());
-            e.request_id = Some(meta.request_id.clone());
+            let mut e = origin.event(kind);
             e.message = Some(m.text);
             e.model.clone_from(&info.model);
             if kind == EventKind::Tool {
@@ -786,14 +792,14 @@ async fn capture_denial(
     if !capture.captures() {
         return;
     }
-    let mut e = portcullis_guard::sessions::new_event(
+    let origin = portcullis_guard::sessions::EventOrigin {
         tenant,
-        id,
-        portcullis_core::session::EventKind::System,
-        app.guard.now_ms(),
-    );
-    e.principal_id = Some(grant.principal.id.clone());
-    e.request_id = Some(meta.request_id.clone());
+        session_id: id,
+        principal_id: &grant.principal.id,
+        request_id: &meta.request_id,
+        now_ms: app.guard.now_ms(),
+    };
+    let mut e = origin.event(portcullis_core::session::EventKind::System);
     e.message = Some(format!("{action} denied by policy"));
     e.decision = Some(portcullis_core::session::EventDecision {
         result: String::from("deny"),
@@ -986,8 +992,14 @@ async fn forward(
                         e.resource_type = Some(String::from("budget"));
                         e.resource_id = Some(format!("{}:{}", w.kind, w.id));
                         e.with_meta("window", serde_json::Value::from(w.kind))
-                            .with_meta("used_usd", serde_json::json!(w.used_nanos as f64 / 1e9))
-                            .with_meta("limit_usd", serde_json::json!(w.limit_nanos as f64 / 1e9));
+                            .with_meta(
+                                "used_usd",
+                                serde_json::json!(portcullis_core::limits::nanos_to_usd(w.used_nanos)),
+                            )
+                            .with_meta(
+                                "limit_usd",
+                                serde_json::json!(portcullis_core::limits::nanos_to_usd(w.limit_nanos)),
+                            );
                         app.guard.record(e).await?;
                     }
                 }
@@ -999,9 +1011,15 @@ async fn forward(
                 e.resource_id = Some(route.cfg.prefix.clone());
                 e.reason = Some(format!("budget:{}", x.window.kind));
                 e.with_meta("window_id", serde_json::Value::from(x.window.id.clone()))
-                    .with_meta("limit_usd", serde_json::json!(x.window.limit_nanos as f64 / 1e9))
-                    .with_meta("used_usd", serde_json::json!(x.used_nanos as f64 / 1e9))
-                    .with_meta("request_max_usd", serde_json::json!(x.amount_nanos as f64 / 1e9))
+                    .with_meta(
+                        "limit_usd",
+                        serde_json::json!(portcullis_core::limits::nanos_to_usd(x.window.limit_nanos)),
+                    )
+                    .with_meta("used_usd", serde_json::json!(portcullis_core::limits::nanos_to_usd(x.used_nanos)))
+                    .with_meta(
+                        "request_max_usd",
+                        serde_json::json!(portcullis_core::limits::nanos_to_usd(x.amount_nanos)),
+                    )
                     .with_meta("model", serde_json::json!(info.model));
                 app.guard.record(e).await?;
                 return Err(ApiError::Budget(x));
@@ -1078,27 +1096,21 @@ async fn forward(
     // Taken by whichever ends the request: the upstream failure or the response body.
     let budget = std::sync::Mutex::new(budget);
     let tap = |status: u16| {
-        grant
-            .principal
-            .tenant_id
-            .clone()
-            .map(|tenant| UsageTap {
-                budget: budget.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take(),
-                unmetered_nanos: 0,
-                guard: app.guard.clone(),
-                tenant,
-                principal: grant.principal.id.clone(),
-                route: route.cfg.prefix.clone(),
-                request_model: openai_req.as_ref().and_then(|i| i.model.clone()),
-                status,
-                started,
-                usage: crate::openai::Usage { collect: true, ..crate::openai::Usage::default() },
-                session: session.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take(),
-            })
-            .map(|mut t| {
-                t.usage.collect = t.session.is_some();
-                t
-            })
+        let session = session.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        grant.principal.tenant_id.clone().map(|tenant| UsageTap {
+            budget: budget.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take(),
+            unmetered_nanos: 0,
+            guard: app.guard.clone(),
+            tenant,
+            principal: grant.principal.id.clone(),
+            route: route.cfg.prefix.clone(),
+            request_model: openai_req.as_ref().and_then(|i| i.model.clone()),
+            status,
+            started,
+            // The answer's text and tool calls are collected only for a captured session.
+            usage: crate::openai::Usage { collect: session.is_some(), ..crate::openai::Usage::default() },
+            session,
+        })
     };
     let failed = |e: ApiError| {
         // The request used its rate; say so on the gateway's own error too.

@@ -21,6 +21,8 @@ use std::path::PathBuf;
 use utoipa::ToSchema;
 
 pub const COOKIE: &str = "portcullis_session";
+/// `COOKIE=`, as a cookie pair starts.
+pub const COOKIE_PAIR_PREFIX: &str = "portcullis_session=";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
 /// The page's own policy: scripts and styles only from the binary, nothing inline, no framing.
@@ -55,10 +57,10 @@ fn asset(app: &AppState, name: &str) -> Response {
     };
     let body = match &app.settings.ui.dev_dir {
         Some(dir) => match std::fs::read_to_string(dir.join(a.name)) {
-            Ok(s) => s,
+            Ok(s) => axum::body::Body::from(s),
             Err(e) => return ApiError::Internal(format!("PORTCULLIS_UI_DIR: {}: {e}", a.name)).into_response(),
         },
-        None => a.body.to_owned(),
+        None => axum::body::Body::from(a.body),
     };
     (
         [
@@ -248,14 +250,8 @@ pub async fn logout(
     }
     let principal = s.guard.authenticate(Some(Credential::Session(token)), &meta).await?;
     if let Some(sid) = principal.session_id.clone() {
-        let grant =
-            portcullis_guard::Grant { principal: principal.clone(), scope: None, permission: Permission::Session };
-        let mut e = s.guard.event_for(&grant, &meta, "auth.logout", AuditResult::Success);
-        e.resource_type = Some(String::from("session"));
-        e.resource_id = Some(sid.clone());
-        s.guard.record(e).await?;
-        s.guard.store().revoke_session(&sid, s.guard.now_ms()).await?;
-        s.guard.invalidate_session(&sid);
+        let grant = portcullis_guard::Grant { principal, scope: None, permission: Permission::Session };
+        crate::routes::auth::end_session(&s, &grant, &meta, &sid).await?;
     }
     let cookie = cookie_header(&headers, &s, "", 0);
     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response())

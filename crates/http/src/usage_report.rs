@@ -51,7 +51,7 @@ impl UsageItem {
 
     fn finish(mut self) -> Self {
         self.avg_latency_ms = if self.requests > 0 { self.avg_latency_ms / self.requests as f64 } else { 0.0 };
-        self.cost_usd = self.cost_nanos as f64 / 1e9;
+        self.cost_usd = portcullis_core::limits::nanos_to_usd(self.cost_nanos);
         self
     }
 }

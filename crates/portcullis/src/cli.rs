@@ -310,7 +310,7 @@ async fn tenant_on(o: &Opened, json: bool, cmd: TenantCmd) -> anyhow::Result<Exi
             let out = serde_json::json!({ "tenant_id": t.id, "tier": t.tier, "effective": effective, "overrides": overrides });
             print(json, &out, || {
                 let budget = |nanos: Option<i64>, per: &str, window: &str| match nanos {
-                    Some(n) => format!("budget ${}/{per}", n as f64 / 1e9),
+                    Some(n) => format!("budget ${}/{per}", portcullis_core::limits::nanos_to_usd(n)),
                     None => format!("no {window} budget"),
                 };
                 format!(

@@ -244,23 +244,8 @@ pub(crate) fn session_counts(e: &SessionEvent) -> [i64; 4] {
     ]
 }
 
-pub(crate) fn capture_str(c: portcullis_core::session::CaptureMode) -> &'static str {
-    use portcullis_core::session::CaptureMode;
-    match c {
-        CaptureMode::Full => "full",
-        CaptureMode::Metadata => "metadata",
-        CaptureMode::Off => "off",
-    }
-}
-
 pub(crate) fn session_settings_from(capture: String, patterns: String) -> Result<SessionSettings> {
-    use portcullis_core::session::CaptureMode;
-    let capture = match capture.as_str() {
-        "full" => CaptureMode::Full,
-        "metadata" => CaptureMode::Metadata,
-        "off" => CaptureMode::Off,
-        _ => return Err(StoreError::Corrupt(format!("session settings capture `{capture}`"))),
-    };
+    let capture = capture.parse().map_err(|_| StoreError::Corrupt(format!("session settings capture `{capture}`")))?;
     let redact_patterns = serde_json::from_str(&patterns)
         .map_err(|_| StoreError::Corrupt(format!("session settings redact patterns `{patterns}`")))?;
     Ok(SessionSettings { capture, redact_patterns })

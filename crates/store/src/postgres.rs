@@ -1595,8 +1595,8 @@ impl Store for PgStore {
             rate_per_minute: num("rate_per_minute")?.and_then(|v| u32::try_from(v).ok()),
             requests_per_day: num("requests_per_day")?.and_then(|v| u64::try_from(v).ok()),
             concurrency: num("concurrency")?.and_then(|v| u32::try_from(v).ok()),
-            budget_usd_per_day: num("budget_daily_nanos")?.map(|n| n as f64 / 1e9),
-            budget_usd_per_month: num("budget_monthly_nanos")?.map(|n| n as f64 / 1e9),
+            budget_usd_per_day: num("budget_daily_nanos")?.map(portcullis_core::limits::nanos_to_usd),
+            budget_usd_per_month: num("budget_monthly_nanos")?.map(portcullis_core::limits::nanos_to_usd),
         })
     }
 
@@ -2308,7 +2308,7 @@ impl Store for PgStore {
              updated_at = excluded.updated_at",
         )
         .bind(tenant.as_str())
-        .bind(capture_str(st.capture))
+        .bind(st.capture.as_str())
         .bind(&patterns)
         .bind(now_ms)
         .execute(&mut *tx)

@@ -2,7 +2,6 @@ use crate::error::{ApiError, ProblemDoc};
 use crate::extract::{ApiQuery, Authed, perm};
 use axum::Json;
 use portcullis_core::audit::{AuditRecord, AuditResult};
-use portcullis_core::timefmt::parse_rfc3339_ms;
 use portcullis_store::AuditFilter;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -41,18 +40,8 @@ pub async fn query(
     a: Authed<perm::AuditRead>,
     ApiQuery(p): ApiQuery<AuditParams>,
 ) -> Result<Json<AuditPage>, ApiError> {
-    let limit = match p.limit {
-        None => 100,
-        Some(n) if (1..=1000).contains(&n) => n,
-        Some(n) => return Err(ApiError::BadRequest(format!("limit `{n}` must be between 1 and 1000"))),
-    };
-    let time = |field: &str, v: &Option<String>| -> Result<Option<i64>, ApiError> {
-        v.as_deref()
-            .map(|s| {
-                parse_rfc3339_ms(s).ok_or_else(|| ApiError::BadRequest(format!("`{field}` must be an RFC 3339 time")))
-            })
-            .transpose()
-    };
+    let limit = super::limit_param(p.limit, 100, 1000)?;
+    let time = |field: &str, v: &Option<String>| super::time_param(field, v.as_deref());
     if let Some(r) = &p.result
         && AuditResult::parse(r).is_none()
     {

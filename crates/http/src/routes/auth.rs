@@ -83,13 +83,24 @@ pub async fn logout(a: Authed<perm::Session>) -> Result<axum::http::StatusCode, 
     let Some(sid) = a.grant.principal.session_id.clone() else {
         return Err(ApiError::BadRequest(String::from("only login sessions can log out; revoke an API key instead")));
     };
-    let mut e = a.event("auth.logout", AuditResult::Success);
-    e.resource_type = Some(String::from("session"));
-    e.resource_id = Some(sid.clone());
-    a.record(e).await?;
-    a.app.guard.store().revoke_session(&sid, a.app.guard.now_ms()).await?;
-    a.app.guard.invalidate_session(&sid);
+    end_session(&a.app, &a.grant, &a.meta, &sid).await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// Audits `auth.logout`, then revokes the login session `sid` everywhere (API and UI sign-out).
+pub(crate) async fn end_session(
+    app: &AppState,
+    grant: &portcullis_guard::Grant,
+    meta: &portcullis_guard::RequestMeta,
+    sid: &str,
+) -> Result<(), ApiError> {
+    let mut e = app.guard.event_for(grant, meta, "auth.logout", AuditResult::Success);
+    e.resource_type = Some(String::from("session"));
+    e.resource_id = Some(sid.to_owned());
+    app.guard.record(e).await?;
+    app.guard.store().revoke_session(sid, app.guard.now_ms()).await?;
+    app.guard.invalidate_session(sid);
+    Ok(())
 }
 
 /// Who the credential belongs to.

@@ -283,9 +283,14 @@ async fn capture_decision(
         return Ok(());
     }
     let kind = if is_tool { EventKind::Tool } else { EventKind::System };
-    let mut e = portcullis_guard::sessions::new_event(tenant, session_id, kind, app.guard.now_ms());
-    e.principal_id = Some(c.grant.principal.id.clone());
-    e.request_id = Some(c.meta.request_id.clone());
+    let origin = portcullis_guard::sessions::EventOrigin {
+        tenant,
+        session_id,
+        principal_id: &c.grant.principal.id,
+        request_id: &c.meta.request_id,
+        now_ms: app.guard.now_ms(),
+    };
+    let mut e = origin.event(kind);
     let ctx = body.context.as_ref();
     let field = |names: &[&str]| ctx.and_then(|v| names.iter().find_map(|n| v.get(n)));
     if is_tool {

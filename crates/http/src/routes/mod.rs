@@ -117,12 +117,29 @@ pub struct PageParams {
 
 impl PageParams {
     pub fn limit(&self) -> Result<u32, ApiError> {
-        match self.limit {
-            None => Ok(100),
-            Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
-            Some(n) => Err(ApiError::BadRequest(format!("limit `{n}` must be between 1 and {MAX_PAGE}"))),
-        }
+        limit_param(self.limit, 100, MAX_PAGE)
     }
+}
+
+/// A `limit` parameter: `default` when absent, otherwise 1 to `max`.
+pub fn limit_param<N>(limit: Option<N>, default: N, max: N) -> Result<N, ApiError>
+where
+    N: Copy + PartialOrd + From<u8> + std::fmt::Display,
+{
+    match limit {
+        None => Ok(default),
+        Some(n) if n >= N::from(1) && n <= max => Ok(n),
+        Some(n) => Err(ApiError::BadRequest(format!("limit `{n}` must be between 1 and {max}"))),
+    }
+}
+
+/// An RFC 3339 time parameter named `field`, as Unix milliseconds.
+pub fn time_param(field: &str, v: Option<&str>) -> Result<Option<i64>, ApiError> {
+    v.map(|s| {
+        portcullis_core::timefmt::parse_rfc3339_ms(s)
+            .ok_or_else(|| ApiError::BadRequest(format!("`{field}` must be an RFC 3339 time")))
+    })
+    .transpose()
 }
 
 /// Takes one more than asked to know whether a next page exists.

@@ -137,7 +137,7 @@ pub async fn metrics(
                 requests: n,
                 success_rate: rate(good, n),
                 p95_latency_ms: ms(quantile_micros(&hist, 0.95)),
-                cost_usd: c as f64 / 1e9,
+                cost_usd: portcullis_core::limits::nanos_to_usd(c),
             }
         })
         .collect();
@@ -161,8 +161,9 @@ pub async fn metrics(
         input_tokens: input,
         output_tokens: output,
         cost_nanos: cost,
-        cost_usd: cost as f64 / 1e9,
-        cost_per_1k_tokens_usd: (tokens > 0).then(|| cost as f64 / 1e9 / tokens as f64 * 1000.0),
+        cost_usd: portcullis_core::limits::nanos_to_usd(cost),
+        cost_per_1k_tokens_usd: (tokens > 0)
+            .then(|| portcullis_core::limits::nanos_to_usd(cost) / tokens as f64 * 1000.0),
         series,
     }))
 }

@@ -572,18 +572,8 @@ pub async fn simulate(
     ApiJson(body): ApiJson<SimulateRequest>,
 ) -> Result<Json<SimulateResponse>, ApiError> {
     let scope = a.scope()?.clone();
-    let limit = match body.limit {
-        None => 1000,
-        Some(n) if (1..=MAX_SIMULATED).contains(&n) => n,
-        Some(n) => return Err(ApiError::BadRequest(format!("limit `{n}` must be between 1 and {MAX_SIMULATED}"))),
-    };
-    let time = |field: &str, v: &Option<String>| -> Result<Option<i64>, ApiError> {
-        v.as_deref()
-            .map(|s| {
-                parse_rfc3339_ms(s).ok_or_else(|| ApiError::BadRequest(format!("`{field}` must be an RFC 3339 time")))
-            })
-            .transpose()
-    };
+    let limit = super::limit_param(body.limit, 1000, MAX_SIMULATED)?;
+    let time = |field: &str, v: &Option<String>| super::time_param(field, v.as_deref());
     let (from_ms, to_ms) = (time("from", &body.from)?, time("to", &body.to)?);
     let draft = draft_set(&a, &scope, &body.drafts, &body.remove).await?;
     let current = a.app.guard.tenant_policies(scope.tenant_id()).await?;

@@ -1,20 +1,17 @@
 //! Agent sessions: append events, list sessions, read one with its statistics and timeline, and
 //! the tenant's capture settings. Always the caller's tenant (operators: `X-Tenant-ID`).
-use super::MAX_PAGE;
+use super::{MAX_PAGE, limit_param, time_param};
 use crate::error::{ApiError, ProblemDoc};
 use crate::extract::{ApiJson, ApiQuery, Authed, perm};
 use axum::Json;
 use axum::extract::Path;
 use axum::http::StatusCode;
+use portcullis_core::limits::nanos_to_usd as usd;
 use portcullis_core::session::{CaptureMode, EventKind, Redactor, SessionSettings, check_session_id, summary};
-use portcullis_core::timefmt::{parse_rfc3339_ms, rfc3339_ms};
+use portcullis_core::timefmt::rfc3339_ms;
 use portcullis_store::{SessionEvent, SessionFilter, SessionSort, SessionSummary};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
-
-fn usd(nanos: i64) -> f64 {
-    nanos as f64 / 1e9
-}
 
 #[derive(Serialize, ToSchema)]
 pub struct DecisionView {
@@ -23,6 +20,12 @@ pub struct DecisionView {
     pub action: String,
     /// The policies that decided it.
     pub policies: Vec<String>,
+}
+
+impl From<&portcullis_core::session::EventDecision> for DecisionView {
+    fn from(d: &portcullis_core::session::EventDecision) -> Self {
+        Self { result: d.result.clone(), action: d.action.clone(), policies: d.policies.clone() }
+    }
 }
 
 #[derive(Serialize, ToSchema)]
@@ -62,11 +65,7 @@ impl From<&SessionEvent> for EventView {
             created_at: rfc3339_ms(e.created_at_ms),
             principal_id: e.principal_id.clone(),
             request_id: e.request_id.clone(),
-            decision: e.decision.as_ref().map(|d| DecisionView {
-                result: d.result.clone(),
-                action: d.action.clone(),
-                policies: d.policies.clone(),
-            }),
+            decision: e.decision.as_ref().map(DecisionView::from),
             model: e.model.clone(),
             input_tokens: e.input_tokens,
             output_tokens: e.output_tokens,
@@ -202,7 +201,7 @@ pub async fn append(
         if !m.is_object() {
             return Err(ApiError::BadRequest(String::from("`metadata` must be a JSON object")));
         }
-        if m.to_string().len() > 16 * 1024 {
+        if portcullis_core::session::json_len(m) > 16 * 1024 {
             return Err(ApiError::BadRequest(String::from("`metadata` must be at most 16 KiB")));
         }
     }
@@ -210,13 +209,18 @@ pub async fn append(
         return Err(ApiError::BadRequest(String::from("`tool_name` must have 1 to 256 characters")));
     }
     let capture = a.app.guard.session_capture(scope.tenant_id()).await?;
-    let mut e = portcullis_guard::sessions::new_event(scope.tenant_id(), &id, kind, a.app.guard.now_ms());
+    let origin = portcullis_guard::sessions::EventOrigin {
+        tenant: scope.tenant_id(),
+        session_id: &id,
+        principal_id: &a.grant.principal.id,
+        request_id: &a.meta.request_id,
+        now_ms: a.app.guard.now_ms(),
+    };
+    let mut e = origin.event(kind);
     e.message = body.message;
     e.tool_name = body.tool_name;
     e.tool_args = body.tool_args;
     e.metadata = body.metadata.unwrap_or_else(|| serde_json::json!({}));
-    e.principal_id = Some(a.grant.principal.id.clone());
-    e.request_id = Some(a.meta.request_id.clone());
     capture.prepare(&mut e);
     let mut audit = a.event("session.event.append", portcullis_core::audit::AuditResult::Success);
     audit.resource_type = Some(String::from("session"));
@@ -244,21 +248,6 @@ pub struct ListParams {
     pub cursor: Option<String>,
 }
 
-fn time_param(name: &str, v: Option<&str>) -> Result<Option<i64>, ApiError> {
-    v.map(|s| {
-        parse_rfc3339_ms(s).ok_or_else(|| ApiError::BadRequest(format!("`{name}` must be an RFC 3339 time, got `{s}`")))
-    })
-    .transpose()
-}
-
-fn page_limit(limit: Option<u32>, default: u32, max: u32) -> Result<u32, ApiError> {
-    match limit {
-        None => Ok(default),
-        Some(n) if (1..=max).contains(&n) => Ok(n),
-        Some(n) => Err(ApiError::BadRequest(format!("limit `{n}` must be between 1 and {max}"))),
-    }
-}
-
 /// The caller's tenant's sessions, by latest activity or by cost.
 #[utoipa::path(get, path = "/v1/sessions", tag = "sessions", params(ListParams),
     security(("bearer" = []), ("api_key" = [])),
@@ -274,7 +263,7 @@ pub async fn list(
         Some("cost") => SessionSort::Cost,
         Some(other) => return Err(ApiError::BadRequest(format!("sort `{other}`: expected `recent` or `cost`"))),
     };
-    let limit = page_limit(p.limit, 100, MAX_PAGE)?;
+    let limit = limit_param(p.limit, 100, MAX_PAGE)?;
     let after = match &p.cursor {
         None => None,
         Some(c) => {
@@ -325,7 +314,7 @@ async fn load(
 ) -> Result<(SessionSummary, Vec<SessionEvent>, Option<String>), ApiError> {
     session_path(id)?;
     let scope = a.scope()?.clone();
-    let limit = page_limit(p.limit, 1000, 1000)?;
+    let limit = limit_param(p.limit, 1000, 1000)?;
     let Some(summary) = a.app.guard.store().get_session(&scope, id).await? else {
         return Err(a.not_found(action, "session", id, None).await);
     };
@@ -389,7 +378,7 @@ pub async fn timeline(
             kind: e.kind.as_str().to_owned(),
             summary: summary(e.kind, e.message.as_deref(), e.tool_name.as_deref(), e.decision.as_ref()),
             tool_name: e.tool_name.clone(),
-            decision: EventView::from(e).decision,
+            decision: e.decision.as_ref().map(DecisionView::from),
         })
         .collect();
     Ok(Json(Timeline { session_id: s.session_id, timeline, next_cursor }))
@@ -408,12 +397,7 @@ pub struct SessionSettingsBody {
 }
 
 fn settings_view(s: &SessionSettings) -> SessionSettingsBody {
-    let capture = match s.capture {
-        CaptureMode::Full => "full",
-        CaptureMode::Metadata => "metadata",
-        CaptureMode::Off => "off",
-    };
-    SessionSettingsBody { capture: capture.to_owned(), redact_patterns: s.redact_patterns.clone() }
+    SessionSettingsBody { capture: s.capture.as_str().to_owned(), redact_patterns: s.redact_patterns.clone() }
 }
 
 /// The tenant's session capture settings.
@@ -435,14 +419,7 @@ pub async fn put_settings(
     ApiJson(body): ApiJson<SessionSettingsBody>,
 ) -> Result<Json<SessionSettingsBody>, ApiError> {
     let scope = a.scope()?.clone();
-    let capture = match body.capture.as_str() {
-        "full" => CaptureMode::Full,
-        "metadata" => CaptureMode::Metadata,
-        "off" => CaptureMode::Off,
-        other => {
-            return Err(ApiError::BadRequest(format!("capture `{other}`: expected `full`, `metadata` or `off`")));
-        }
-    };
+    let capture: CaptureMode = body.capture.parse().map_err(ApiError::BadRequest)?;
     Redactor::new(&body.redact_patterns).map_err(ApiError::BadRequest)?;
     let settings = SessionSettings { capture, redact_patterns: body.redact_patterns };
     let mut e = a.event("session_settings.update", portcullis_core::audit::AuditResult::Success);

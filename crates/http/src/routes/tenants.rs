@@ -207,8 +207,8 @@ fn window_view(w: &portcullis_guard::budget::WindowStatus) -> BudgetWindowView {
     let percent = w.limit_nanos.filter(|l| *l > 0).map(|l| (w.spent_nanos as f64 / l as f64 * 1000.0).round() / 10.0);
     BudgetWindowView {
         window: w.id.clone(),
-        limit_usd: w.limit_nanos.map(|n| n as f64 / 1e9),
-        spent_usd: w.spent_nanos as f64 / 1e9,
+        limit_usd: w.limit_nanos.map(portcullis_core::limits::nanos_to_usd),
+        spent_usd: portcullis_core::limits::nanos_to_usd(w.spent_nanos),
         percent,
         warning: w.limit_nanos.is_some_and(|l| i128::from(w.spent_nanos) * 10 >= i128::from(l) * 9),
         exhausted: w.limit_nanos.is_some_and(|l| w.spent_nanos >= l),
