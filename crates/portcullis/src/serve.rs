@@ -57,6 +57,9 @@ async fn bootstrap(guard: &Arc<Guard>, listen: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Tries at stop to write usage and session events still in memory (200 ms apart).
+const STOP_FLUSH_TRIES: u32 = 10;
+
 /// The directory of a scale-out instance's own state, named by its listen address: a restart on
 /// the same address continues the same chain, and instances on one data dir never share one.
 pub fn instance_dir(data_dir: &Path, listen: &SocketAddr) -> PathBuf {
@@ -213,11 +216,25 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("server task failed: {e}"))??;
     guard.flush_usage().await;
-    if let Err(e) = guard.flush_usage_ledger().await {
-        tracing::warn!(error = %e, "usage of the last second could not be written at stop");
+    // What is still in memory is lost when the process exits: a busy store (a pool wait over
+    // `database.acquire_timeout_ms`) gets a few more tries before giving up.
+    for attempt in 1..=STOP_FLUSH_TRIES {
+        match guard.flush_usage_ledger().await {
+            Ok(()) => break,
+            Err(e) if attempt == STOP_FLUSH_TRIES => {
+                tracing::warn!(error = %e, "usage of the last second could not be written at stop");
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
     }
-    if let Err(e) = guard.flush_sessions().await {
-        tracing::warn!(error = %e, "session events of the last second could not be written at stop");
+    for attempt in 1..=STOP_FLUSH_TRIES {
+        match guard.flush_sessions().await {
+            Ok(()) => break,
+            Err(e) if attempt == STOP_FLUSH_TRIES => {
+                tracing::warn!(error = %e, "session events of the last second could not be written at stop");
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
     }
     // The final signed checkpoint must be written before the process exits.
     guard.audit_log().shutdown().await;
