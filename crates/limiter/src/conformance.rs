@@ -319,6 +319,38 @@ async fn redis_refusals_consume_nothing() {
     assert_eq!(r.kind, LimitKind::Tenant);
 }
 
+/// A release rides on the next decision for the tenant (no round trip of its own), and the slot
+/// it frees counts in that very decision; a release no decision takes is sent by the lane itself.
+#[tokio::test]
+async fn redis_a_release_rides_on_the_next_decision_or_goes_alone() {
+    let prefix = fresh_prefix();
+    let lim = redis_limiter(&prefix).await;
+    let l = limits(1_000, 1, 1_000);
+    let slots = format!("{prefix}:slots:t");
+    let client = ::redis::Client::open(redis_url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let held = lim.admit(&req("t", &l, true)).await.unwrap_or_else(|r| panic!("refused: {r:?}"));
+    drop(held);
+    // Nothing has yielded to the lane's task since (one thread): the release is still queued.
+    assert_eq!(lim.unsent_releases(), 1);
+    let next = lim.admit(&req("t", &l, true)).await.unwrap_or_else(|r| panic!("the freed slot is refused: {r:?}"));
+    assert_eq!(lim.unsent_releases(), 0, "the decision carried the release");
+    let n: i64 = ::redis::cmd("ZCARD").arg(&slots).query_async(&mut c).await.unwrap();
+    assert_eq!(n, 1, "only the new lease is in the set");
+    drop(next);
+    let mut gone = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let n: i64 = ::redis::cmd("ZCARD").arg(&slots).query_async(&mut c).await.unwrap();
+        if n == 0 {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "the lane sent the release no decision carried");
+    assert_eq!(lim.unsent_releases(), 0);
+}
+
 /// An instance that dies holding a slot (no release, no renewal) gives it back at lease expiry.
 #[test]
 fn redis_slots_of_a_crashed_instance_come_back_after_the_lease() {

@@ -25,7 +25,9 @@ use std::time::Duration;
 ///       6 daily quota.
 /// ARGV: 1 tenant/min, 2 principal/min, 3 route/min (0 = none), 4 global/s (0 = none),
 ///       5 concurrency cap, 6 hold slot (0/1), 7 lease id, 8 lease ms, 9 requests/day,
-///       10 deadline in Redis time (ms; 0 = none).
+///       10 deadline in Redis time (ms; 0 = none), 11… leases of this tenant released since this
+///       connection's last call, removed from the slot set first (a release rides on the next
+///       decision instead of costing a round trip of its own; see [`Lane`]).
 /// Returns {admitted, kind, retry_after_ms, remaining, reset_ms, quota_remaining, now_ms};
 /// admitted = -1 when the script ran past its deadline (the caller gave up on it already).
 ///
@@ -48,6 +50,9 @@ use std::time::Duration;
 const ADMIT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if #ARGV > 10 then
+  redis.call('ZREM', KEYS[5], unpack(ARGV, 11))
+end
 local deadline = tonumber(ARGV[10])
 if deadline > 0 and now > deadline then
   return {-1, 0, 0, 0, 0, 0, now}
@@ -118,16 +123,19 @@ redis.call('SET', KEYS[6], today .. ':' .. (used + 1), 'EX', 172800)
 return {1, 0, 0, remaining, reset, per_day - used - 1, now}
 "#;
 
-/// KEYS: 1 slot set. ARGV: 1 lease id, 2 lease ms. Extends a held lease, and puts it back if it
+/// KEYS: 1 slot set. ARGV: 1 lease ms, 2… lease ids. Extends held leases, and puts back any that
 /// is gone: the set must count the requests really in flight, and a lease can vanish while its
 /// request still runs (Redis restarted without persistence, or renewals failed for longer than a
-/// lease during an outage). A renewal cannot resurrect a released lease: the release is sent after
-/// the renewer stopped, on the same connection, and Redis runs one connection's commands in order.
+/// lease during an outage). A renewal never runs after the release of a lease it names (see
+/// [`Lane`]).
 const RENEW: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+local until_ms = now + tonumber(ARGV[1])
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], until_ms, ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]) * 2)
 return 1
 "#;
 
@@ -288,7 +296,7 @@ pub struct RedisLimiter {
     /// core. (One shared connection put its driver on another thread: two cross-thread wake-ups
     /// per decision, measured at a sixth of a scale-out instance's CPU.) A lease renews and
     /// releases on the connection it was taken on, wherever it is dropped.
-    conns: thread_local::ThreadLocal<ConnectionManager>,
+    lanes: thread_local::ThreadLocal<Arc<Lane>>,
     prefix: String,
     admit: Arc<::redis::Script>,
     renew: Arc<::redis::Script>,
@@ -340,7 +348,7 @@ impl RedisLimiter {
         Ok(Self {
             client,
             config,
-            conns: thread_local::ThreadLocal::new(),
+            lanes: thread_local::ThreadLocal::new(),
             prefix: s.prefix.clone(),
             admit: Arc::new(::redis::Script::new(ADMIT)),
             renew: Arc::new(::redis::Script::new(RENEW)),
@@ -371,6 +379,8 @@ impl RedisLimiter {
     /// Shorter leases (tests of crashed holders).
     pub fn with_lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
+        // Lanes renew at their lease's pace: any made already start again, lazily.
+        self.lanes = thread_local::ThreadLocal::new();
         self
     }
 
@@ -381,10 +391,31 @@ impl RedisLimiter {
     /// This thread's connection, made (lazily: it connects on first use) the first time the
     /// thread asks. Must be called within a Tokio runtime.
     fn conn(&self) -> Result<ConnectionManager, Unavailable> {
-        self.conns
-            .get_or_try(|| ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()))
+        self.lane().map(|l| l.conn.clone())
+    }
+
+    /// This thread's lane: its connection and the task that renews and releases the leases taken
+    /// on it, started on the thread's runtime the first time the thread asks.
+    fn lane(&self) -> Result<Arc<Lane>, Unavailable> {
+        self.lanes
+            .get_or_try(|| {
+                let conn = ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())?;
+                let lane = Arc::new(Lane {
+                    conn,
+                    state: std::sync::Mutex::new(LaneState::default()),
+                    wake: Arc::new(tokio::sync::Notify::new()),
+                });
+                tokio::spawn(run_lane(
+                    Arc::downgrade(&lane),
+                    lane.wake.clone(),
+                    self.renew.clone(),
+                    self.lease,
+                    self.timeout,
+                ));
+                Ok(lane)
+            })
             .cloned()
-            .map_err(|e| self.failed(e))
+            .map_err(|e: ::redis::RedisError| self.failed(e))
     }
 
     fn key(&self, parts: &[&str]) -> String {
@@ -436,7 +467,7 @@ impl RedisLimiter {
     /// next decision with that stale error: recovery waits until each connection has answered.
     pub async fn ping_all(&self) -> Result<(), Unavailable> {
         self.ping().await?;
-        let others: Vec<ConnectionManager> = self.conns.iter().cloned().collect();
+        let others: Vec<ConnectionManager> = self.lanes.iter().map(|l| l.conn.clone()).collect();
         for conn in others {
             self.ping_on(conn).await?;
         }
@@ -522,6 +553,35 @@ impl RedisLimiter {
         Ok(())
     }
 
+    /// Sends a decision on the lane's connection, bounded by the timeout.
+    async fn send_decision(&self, lane: &Lane, inv: &::redis::ScriptInvocation<'_>) -> Result<Vec<i64>, Unavailable> {
+        let mut conn = lane.conn.clone();
+        let started = std::time::Instant::now();
+        match tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await {
+            Err(_) => Err(Unavailable::Timeout),
+            Ok(Ok(reply)) => Ok(reply),
+            // This thread's connection was dropped since its last use (Redis restarted, an idle
+            // connection closed by the server or the network). The manager is reconnecting: try
+            // once more within what is left of the same timeout and deadline, instead of
+            // degrading the whole instance for one stale connection. Should the first attempt
+            // have run after all, the retry holds the same lease (a set member, added once) and
+            // at most uses one more cell of rate: never over-admission.
+            Ok(Err(e))
+                if e.is_connection_dropped()
+                    || e.is_io_error()
+                    || e.is_connection_refusal()
+                    || e.is_unrecoverable_error() =>
+            {
+                let left = self.timeout.saturating_sub(started.elapsed());
+                tokio::time::timeout(left, inv.invoke_async(&mut conn))
+                    .await
+                    .map_err(|_| Unavailable::Timeout)?
+                    .map_err(|e| self.failed(e))
+            }
+            Ok(Err(e)) => Err(self.failed(e)),
+        }
+    }
+
     /// One decision in one round trip; `Err` when Redis is unreachable or too slow.
     pub async fn try_admit(&self, req: &LimitRequest<'_>) -> Result<Result<Admission, Rejection>, Unavailable> {
         let l = req.limits;
@@ -547,30 +607,16 @@ impl RedisLimiter {
             .arg(u64::try_from(self.lease.as_millis()).unwrap_or(30_000))
             .arg(l.requests_per_day)
             .arg(self.deadline(sent));
-        let mut conn = self.conn()?;
-        let started = std::time::Instant::now();
-        let reply: Vec<i64> = match tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await {
-            Err(_) => return Err(Unavailable::Timeout),
-            Ok(Ok(reply)) => reply,
-            // This thread's connection was dropped since its last use (Redis restarted, an idle
-            // connection closed by the server or the network). The manager is reconnecting: try
-            // once more within what is left of the same timeout and deadline, instead of
-            // degrading the whole instance for one stale connection. Should the first attempt
-            // have run after all, the retry holds the same lease (a set member, added once) and
-            // at most uses one more cell of rate: never over-admission.
-            Ok(Err(e))
-                if e.is_connection_dropped()
-                    || e.is_io_error()
-                    || e.is_connection_refusal()
-                    || e.is_unrecoverable_error() =>
-            {
-                let left = self.timeout.saturating_sub(started.elapsed());
-                tokio::time::timeout(left, inv.invoke_async(&mut conn))
-                    .await
-                    .map_err(|_| Unavailable::Timeout)?
-                    .map_err(|e| self.failed(e))?
+        let lane = self.lane()?;
+        let carried = lane.take_carried(&slots);
+        inv.arg(&carried);
+        let reply = match self.send_decision(&lane, &inv).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                // Perhaps not delivered: the lane's task sends them (a second ZREM is harmless).
+                lane.requeue(&slots, carried);
+                return Err(e);
             }
-            Ok(Err(e)) => return Err(self.failed(e)),
         };
         let at = |i: usize| reply.get(i).copied().unwrap_or(0);
         self.learn_offset(at(6), sent, wall_ms());
@@ -594,7 +640,7 @@ impl RedisLimiter {
             };
             return Ok(Err(Rejection { kind, retry_after_secs: secs(at(2)).max(1), rate }));
         }
-        let slot = req.hold_slot.then(|| Slot::new(Lease::hold(self, conn, req.tenant, slots, lease_id)));
+        let slot = req.hold_slot.then(|| Slot::new(Lease::hold(self, lane, req.tenant, slots, lease_id)));
         Ok(Ok(Admission { rate, slot, quota_remaining: u64::try_from(at(5).max(0)).unwrap_or(0) }))
     }
 
@@ -603,24 +649,192 @@ impl RedisLimiter {
         self.offset_ms.store(offset_ms, Ordering::Relaxed);
     }
 
+    /// Releases this thread's lane has not sent yet.
+    #[cfg(test)]
+    pub(crate) fn unsent_releases(&self) -> usize {
+        self.lanes.get().map_or(0, |l| {
+            let st = l.lock();
+            st.carry.len() + st.after_renewal.len()
+        })
+    }
+
     /// Slots this process holds for `tenant` (leases not yet released).
     pub fn held(&self, tenant: &str) -> u32 {
         self.held.get(tenant).map(|n| *n).unwrap_or(0)
     }
 }
 
-/// A held slot: renewed in the background while alive, released when dropped. Both are bounded by
-/// the timeout; one that fails is logged and counted, and the lease then expires on its own.
-struct Lease {
-    renewer: tokio::task::JoinHandle<()>,
-    release: Option<Release>,
+/// A thread's connection and the leases taken on it. A lease's release rides on the next decision
+/// this thread sends for the same tenant (the script removes it before it counts the slots): under
+/// load a release costs no round trip at all. What no decision took within [`RELEASE_GRACE`], and
+/// every renewal, is sent by the lane's task ([`run_lane`]), in batches (one `ZREM` per slot set).
+///
+/// Everything goes over the lane's one connection, and Redis runs one connection's commands in
+/// order. A renewal must never run after the release of a lease it names (it would put the lease
+/// back for a whole lease period): a lease dropped while a renewal naming it is in flight is
+/// released by the lane's task after that renewal, never carried by a decision.
+struct Lane {
+    conn: ConnectionManager,
+    state: std::sync::Mutex<LaneState>,
+    wake: Arc<tokio::sync::Notify>,
 }
 
-struct Release {
-    conn: ConnectionManager,
-    key: String,
-    id: String,
+#[derive(Default)]
+struct LaneState {
+    /// Held leases: id → slot set.
+    held: std::collections::HashMap<String, String>,
+    /// Released leases not sent yet, which a decision may carry: (slot set, id).
+    carry: Vec<(String, String)>,
+    /// Released leases named by the renewal in flight: the lane's task sends them after it.
+    after_renewal: Vec<(String, String)>,
+    /// The ids the renewal in flight names.
+    renewing: Option<std::collections::HashSet<String>>,
+}
+
+impl LaneState {
+    fn pending(&self) -> bool {
+        !self.carry.is_empty() || !self.after_renewal.is_empty()
+    }
+}
+
+impl Lane {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LaneState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Released leases of `slots` for a decision to carry (at most [`CARRY_MAX`]).
+    fn take_carried(&self, slots: &str) -> Vec<String> {
+        let mut st = self.lock();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < st.carry.len() && out.len() < CARRY_MAX {
+            if st.carry[i].0 == slots {
+                out.push(st.carry.swap_remove(i).1);
+            } else {
+                i += 1;
+            }
+        }
+        out
+    }
+
+    /// Gives back releases a decision may not have delivered (it failed): the task sends them.
+    fn requeue(&self, slots: &str, ids: Vec<String>) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut st = self.lock();
+        let was_pending = st.pending();
+        st.carry.extend(ids.into_iter().map(|id| (slots.to_owned(), id)));
+        drop(st);
+        if !was_pending {
+            self.wake.notify_one();
+        }
+    }
+}
+
+impl Drop for Lane {
+    fn drop(&mut self) {
+        // Its task ends (it holds the lane weakly).
+        self.wake.notify_one();
+    }
+}
+
+/// Most lease ids in one call: Redis runs a call to its end before any other command.
+const LEASE_BATCH: usize = 512;
+/// Most releases one decision carries.
+const CARRY_MAX: usize = 64;
+/// How long a release waits for a decision to carry it before the lane's task sends it. Until
+/// then the slot still counts as taken: never an over-admission, at most this much longer wait
+/// for a slot at the cap.
+const RELEASE_GRACE: Duration = Duration::from_millis(2);
+
+/// The lane's task: releases no decision carried, and renewals every third of the lease. Every
+/// call is bounded by the timeout; one that fails is logged and counted, and its leases then
+/// expire on their own (a renewal also puts back leases Redis lost, at the next tick).
+async fn run_lane(
+    weak: std::sync::Weak<Lane>,
+    wake: Arc<tokio::sync::Notify>,
+    renew: Arc<::redis::Script>,
+    lease: Duration,
     timeout: Duration,
+) {
+    let every = lease / 3;
+    let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(30_000);
+    let mut next_renewal = tokio::time::Instant::now() + every;
+    loop {
+        tokio::select! {
+            () = wake.notified() => {}
+            () = tokio::time::sleep_until(next_renewal) => {}
+        }
+        if tokio::time::Instant::now() < next_renewal {
+            // Leave the releases to the next decisions for a moment.
+            tokio::time::sleep(RELEASE_GRACE).await;
+        }
+        let Some(lane) = weak.upgrade() else { return };
+        let renewing = tokio::time::Instant::now() >= next_renewal;
+        let (released, held) = {
+            let mut st = lane.lock();
+            let mut released = std::mem::take(&mut st.carry);
+            released.append(&mut st.after_renewal);
+            let held = if renewing {
+                st.renewing = Some(st.held.keys().cloned().collect());
+                group(st.held.iter().map(|(id, key)| (key.as_str(), id.as_str())))
+            } else {
+                Vec::new()
+            };
+            (released, held)
+        };
+        let mut conn = lane.conn.clone();
+        drop(lane);
+        for (key, ids) in group(released.iter().map(|(key, id)| (key.as_str(), id.as_str()))) {
+            for chunk in ids.chunks(LEASE_BATCH) {
+                let mut cmd = ::redis::cmd("ZREM");
+                cmd.arg(&key).arg(chunk);
+                if let Err(e) = bounded(timeout, cmd.query_async::<i64>(&mut conn)).await {
+                    count_error("release", &e);
+                    tracing::warn!(error = %e, leases = chunk.len(), "concurrency leases not released; they expire on their own");
+                }
+            }
+        }
+        if renewing {
+            next_renewal = tokio::time::Instant::now() + every;
+            for (key, ids) in held {
+                for chunk in ids.chunks(LEASE_BATCH) {
+                    let mut inv = renew.key(key.as_str());
+                    inv.arg(lease_ms).arg(chunk);
+                    if let Err(e) = bounded(timeout, inv.invoke_async::<i64>(&mut conn)).await {
+                        count_error("renew", &e);
+                        tracing::warn!(error = %e, leases = chunk.len(), "concurrency leases not renewed; they expire on their own unless a later renewal reaches redis");
+                    }
+                }
+            }
+            let Some(lane) = weak.upgrade() else { return };
+            let mut st = lane.lock();
+            st.renewing = None;
+            if st.pending() {
+                // Released during the renewal: sent on the next round.
+                lane.wake.notify_one();
+            }
+        }
+    }
+}
+
+/// (slot set, lease id) pairs grouped by slot set.
+fn group<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<(String, Vec<String>)> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for (key, id) in pairs {
+        match out.iter_mut().find(|(k, _)| k == key) {
+            Some((_, ids)) => ids.push(id.to_owned()),
+            None => out.push((key.to_owned(), vec![id.to_owned()])),
+        }
+    }
+    out
+}
+
+/// A held slot: renewed by its lane while alive, released through it when dropped.
+struct Lease {
+    lane: Arc<Lane>,
+    id: String,
     held: Arc<DashMap<String, u32>>,
     tenant: String,
 }
@@ -642,54 +856,30 @@ fn count_error(op: &'static str, e: &Unavailable) {
 }
 
 impl Lease {
-    /// `conn`: the connection the slot was taken on; renewals and the release go the same way.
-    fn hold(l: &RedisLimiter, conn: ConnectionManager, tenant: &str, slots: String, id: String) -> Self {
-        let release_conn = conn.clone();
-        let (mut conn, renew, every, ms, timeout) =
-            (conn, l.renew.clone(), l.lease / 3, u64::try_from(l.lease.as_millis()).unwrap_or(30_000), l.timeout);
-        let (key, lease_id) = (slots.clone(), id.clone());
-        let renewer = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let mut inv = renew.key(&key);
-                inv.arg(&lease_id).arg(ms);
-                if let Err(e) = bounded(timeout, inv.invoke_async::<i64>(&mut conn)).await {
-                    count_error("renew", &e);
-                    tracing::warn!(error = %e, "concurrency lease not renewed; it expires on its own unless a later renewal reaches redis");
-                }
-            }
-        });
+    fn hold(l: &RedisLimiter, lane: Arc<Lane>, tenant: &str, slots: String, id: String) -> Self {
+        lane.lock().held.insert(id.clone(), slots);
         *l.held.entry(tenant.to_owned()).or_insert(0) += 1;
-        Lease {
-            renewer,
-            release: Some(Release {
-                conn: release_conn,
-                key: slots,
-                id,
-                timeout,
-                held: l.held.clone(),
-                tenant: tenant.to_owned(),
-            }),
-        }
+        Lease { lane, id, held: l.held.clone(), tenant: tenant.to_owned() }
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.renewer.abort();
-        let Some(mut r) = self.release.take() else { return };
-        if let Some(mut n) = r.held.get_mut(&r.tenant) {
+        if let Some(mut n) = self.held.get_mut(&self.tenant) {
             *n = n.saturating_sub(1);
         }
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let mut cmd = ::redis::cmd("ZREM");
-                cmd.arg(&r.key).arg(&r.id);
-                if let Err(e) = bounded(r.timeout, cmd.query_async::<i64>(&mut r.conn)).await {
-                    count_error("release", &e);
-                    tracing::warn!(error = %e, "concurrency lease not released; it expires on its own");
-                }
-            });
+        let mut st = self.lane.lock();
+        let Some(key) = st.held.remove(&self.id) else { return };
+        let was_pending = st.pending();
+        let id = std::mem::take(&mut self.id);
+        if st.renewing.as_ref().is_some_and(|r| r.contains(&id)) {
+            st.after_renewal.push((key, id));
+        } else {
+            st.carry.push((key, id));
+        }
+        drop(st);
+        if !was_pending {
+            self.lane.wake.notify_one();
         }
     }
 }
