@@ -14,6 +14,9 @@
 #                 Redis (every limit decision a script round trip), the same chain and route.
 #                 SCALEOUT_ACK=file acknowledges at each instance's own JSONL write instead
 #                 (`audit.acknowledge = "file"`; PostgreSQL is then the query index)
+#   scaleout1     one instance of that deployment loaded alone (the other two idle): its CPU per
+#                 request against `portcullis`'s is the per-instance cost of the shape, without
+#                 five processes fighting over two cores
 # The same wrk load runs against each, variants interleaved, ROUNDS rounds, medians reported,
 # with the ratio of each to nginx. Then one connection: added p50 latency over the upstream.
 #
@@ -31,7 +34,7 @@
 #        ROUNDS=5 DURATION=20s CONNS=128 bench/gateway.sh
 #        VARIANTS="nginx portcullis" C1=0 bench/gateway.sh   (a subset, no one-connection part)
 #        VARIANTS="portcullis scaleout" C1=0 bench/gateway.sh
-#        SCALEOUT_ACK=file VARIANTS="portcullis scaleout" C1=0 bench/gateway.sh
+#        SCALEOUT_ACK=file VARIANTS="portcullis scaleout scaleout1" C1=0 bench/gateway.sh
 # Besides throughput and latency it reports the CPU time the Portcullis process spent per
 # request (user + system, from /proc): on a shared machine that moves far less than req/s.
 # Needs: wrk, nginx (Debian packages; installed if missing and running as root), cargo.
@@ -68,7 +71,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 wait_port() { for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 did not open" >&2; exit 1; }
 
 UP=$(free_port); NG=$(free_port); NGA=$(free_port); PC=$(free_port); PCF=$(free_port); BP=$(free_port)
-read -r -a VARIANTS <<<"${VARIANTS:-upstream nginx bare nginx+auth portcullis portcullis+fsync scaleout}"
+read -r -a VARIANTS <<<"${VARIANTS:-upstream nginx bare nginx+auth portcullis portcullis+fsync scaleout scaleout1}"
 wants() { local v; for v in "${VARIANTS[@]}"; do [ "$v" = "$1" ] && return 0; done; return 1; }
 if wants bare; then
   cargo build --release -q -p portcullis-http --example bare_proxy
@@ -111,7 +114,7 @@ KEY=$(cat "$WORK/pc/key"); KEYF=$(cat "$WORK/pcf/key")
 
 # --- the scale-out shape: three instances on PostgreSQL + Redis ---------------------------------
 SO_PORTS=()
-if wants scaleout; then
+if wants scaleout || wants scaleout1; then
   BENCH_PG_URL=${BENCH_PG_URL:-}
   if [ -z "$BENCH_PG_URL" ]; then
     if (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null && psql "postgres://postgres@127.0.0.1:5432/postgres" -Atqc 'select 1' >/dev/null 2>&1; then
@@ -256,7 +259,7 @@ to_ms() { # wrk latency text (e.g. 812.00us, 1.20ms, 1.01s) → milliseconds
 cpu_ticks() { # utime + stime of a process, in clock ticks
   awk '{print $14 + $15}' "/proc/$1/stat"
 }
-pid_of() { case $1 in portcullis) cat "$WORK/pc/pid";; portcullis+fsync) cat "$WORK/pcf/pid";; bare) cat "$WORK/bare.pid";; *) echo "";; esac; }
+pid_of() { case $1 in portcullis) cat "$WORK/pc/pid";; portcullis+fsync) cat "$WORK/pcf/pid";; bare) cat "$WORK/bare.pid";; scaleout1) cat "$WORK/so/pid-1";; *) echo "";; esac; }
 run_scaleout() { # conns duration: three wrk at once, one per instance
   local i p before=0 after=0 per=$(( ($1 + 2) / 3 )) loads=()
   for i in 1 2 3; do before=$((before + $(cpu_ticks "$(cat "$WORK/so/pid-$i")"))); done
@@ -310,8 +313,8 @@ run() { # variant conns duration url [header]
 url_of() { case $1 in
   upstream) echo "http://127.0.0.1:$UP/";; nginx) echo "http://127.0.0.1:$NG/";; bare) echo "http://127.0.0.1:$BP/";;
   nginx+auth) echo "http://127.0.0.1:$NGA/";; portcullis) echo "http://127.0.0.1:$PC/up/";;
-  portcullis+fsync) echo "http://127.0.0.1:$PCF/up/";; esac; }
-hdr_of() { case $1 in nginx+auth|portcullis) echo "x-api-key: $KEY";; portcullis+fsync) echo "x-api-key: $KEYF";; *) echo "";; esac; }
+  portcullis+fsync) echo "http://127.0.0.1:$PCF/up/";; scaleout1) echo "http://127.0.0.1:${SO_PORTS[0]}/up/";; esac; }
+hdr_of() { case $1 in nginx+auth|portcullis) echo "x-api-key: $KEY";; portcullis+fsync) echo "x-api-key: $KEYF";; scaleout1) echo "x-api-key: $KEYS";; *) echo "";; esac; }
 
 echo "load: wrk -t$THREADS -c$CONNS -d$DURATION, $ROUNDS rounds, variants interleaved" >&2
 for r in $(seq 1 "$ROUNDS"); do
@@ -348,7 +351,7 @@ med = {v: (statistics.median(x[0] for x in xs), statistics.median(x[1] for x in 
 base = med["nginx"][0] if "nginx" in med else 0
 print(f"\nGateway benchmark — wrk {sys.argv[3]} connections × {sys.argv[4]}, median of {sys.argv[5]} rounds")
 print(f"{'variant':<18}{'req/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'× nginx':>10}{'non-2xx':>10}{'CPU µs/req':>12}")
-for v in ["upstream", "nginx", "bare", "nginx+auth", "portcullis", "portcullis+fsync", "scaleout"]:
+for v in ["upstream", "nginx", "bare", "nginx+auth", "portcullis", "portcullis+fsync", "scaleout", "scaleout1"]:
     if v in med:
         rps, p50, p99, errs, cpu = med[v]
         ratio = f"{rps/base:>10.2f}" if base else f"{'-':>10}"
@@ -360,6 +363,9 @@ if "bare" in med and "portcullis" in med and med["bare"][0]:
           + (f", {p[4]-b[4]:.1f} µs of CPU per request on top of its {b[4]:.1f}" if b[4] == b[4] and p[4] == p[4] else ""))
 if "scaleout" in med and "portcullis" in med and med["portcullis"][0]:
     print(f"\nscaleout (3 instances, PostgreSQL + Redis, one machine): {med['scaleout'][0]/med['portcullis'][0]:.2f}× the embedded portcullis throughput")
+for v in ("scaleout", "scaleout1"):
+    if v in med and "portcullis" in med and med[v][4] == med[v][4] and med["portcullis"][4] == med["portcullis"][4]:
+        print(f"{v}: per-instance CPU ratio (embedded CPU per request / the scale-out instance's) {med['portcullis'][4]/med[v][4]:.2f}")
 c1 = {}
 for l in open(sys.argv[2]):
     v, ms = l.split()

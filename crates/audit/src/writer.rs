@@ -507,6 +507,22 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Writer and seq of a record's line, read off its start as the log writes it
+/// (`{"writer_id":"…","seq":N,…`); `None` for a line of any other shape (parse it whole).
+fn line_position(line: &str) -> Option<(&str, u64)> {
+    let rest = line.strip_prefix("{\"writer_id\":\"")?;
+    let (writer, rest) = rest.split_at(rest.find('"')?);
+    if writer.contains('\\') {
+        return None;
+    }
+    let rest = rest.strip_prefix("\",\"seq\":")?;
+    let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+    if !rest[digits..].starts_with(',') {
+        return None;
+    }
+    Some((writer, rest[..digits].parse().ok()?))
+}
+
 /// Records imported per transaction while catching up (bounded statements and transactions,
 /// progress kept between them).
 const RECOVER_CHUNK: usize = 5_000;
@@ -523,17 +539,32 @@ async fn recover(store: &dyn AuditStore, sink: &JsonlSink, writer_id: &str) -> R
     let head = store.head(writer_id).await.map_err(|e| format!("audit database: {e}"))?;
     let (head_seq, head_hash) = head.map(|h| (h.seq, h.hash)).unwrap_or((0, String::from(GENESIS_HASH)));
     let files = audit_files(sink.dir()).map_err(|e| format!("audit directory {}: {e}", sink.dir().display()))?;
-    let chain_records = |text: &str| -> Vec<AuditRecord> {
+    // Runs before the first request is served, over files that grow with the day's traffic: each
+    // line is placed by its writer and seq read off its first bytes, and only the records past
+    // the head are parsed whole.
+    let ahead_of_head = |text: &str| -> Vec<AuditRecord> {
         text.lines()
+            .filter(|line| match line_position(line) {
+                Some((w, seq)) => w == writer_id && seq > head_seq,
+                None => true,
+            })
             .filter_map(|line| serde_json::from_str::<AuditRecord>(line).ok())
-            .filter(|r| r.writer_id == writer_id)
+            .filter(|r| r.writer_id == writer_id && r.seq > head_seq)
             .collect()
+    };
+    let holds_head = |text: &str| -> bool {
+        text.lines().any(|line| match line_position(line) {
+            Some((w, seq)) => w == writer_id && seq <= head_seq,
+            None => {
+                serde_json::from_str::<AuditRecord>(line).is_ok_and(|r| r.writer_id == writer_id && r.seq <= head_seq)
+            }
+        })
     };
     // The newest file that holds the database head (or the oldest file): the catch-up starts there.
     let mut first = 0;
     for (i, path) in files.iter().enumerate().rev() {
         let Ok(text) = std::fs::read_to_string(path) else { continue };
-        if chain_records(&text).iter().any(|r| r.seq <= head_seq) {
+        if holds_head(&text) {
             first = i;
             break;
         }
@@ -541,7 +572,7 @@ async fn recover(store: &dyn AuditStore, sink: &JsonlSink, writer_id: &str) -> R
     let (mut expected, mut prev, mut imported) = (head_seq + 1, head_hash, 0usize);
     for path in files.iter().skip(first) {
         let Ok(text) = std::fs::read_to_string(path) else { continue };
-        let mut ahead: Vec<AuditRecord> = chain_records(&text).into_iter().filter(|r| r.seq > head_seq).collect();
+        let mut ahead = ahead_of_head(&text);
         ahead.sort_by_key(|r| r.seq);
         for r in &ahead {
             if r.seq != expected || r.prev_hash != prev || r.compute_hash() != r.hash {
@@ -566,4 +597,39 @@ async fn recover(store: &dyn AuditStore, sink: &JsonlSink, writer_id: &str) -> R
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests fail loudly")]
+    use super::line_position;
+    use portcullis_core::audit::{AuditEvent, AuditRecord, AuditResult, GENESIS_HASH};
+
+    #[test]
+    fn a_written_line_is_placed_by_its_start_and_any_other_shape_is_left_to_the_parser() {
+        let event = AuditEvent {
+            timestamp_ms: 1_764_000_000_000,
+            tenant_id: Some(String::from("t")),
+            user_id: None,
+            action: String::from("conversation.send"),
+            resource_type: None,
+            resource_id: None,
+            result: AuditResult::Success,
+            reason: None,
+            metadata: serde_json::json!({ "seq": 7, "writer_id": "other" }),
+            ip_address: None,
+            user_agent: None,
+            request_id: None,
+        };
+        let (record, line) = AuditRecord::chain_line("w-1", 42, GENESIS_HASH, event);
+        let line = String::from_utf8(line).unwrap();
+        assert_eq!(line_position(&line), Some(("w-1", 42)));
+        assert_eq!(serde_json::from_str::<AuditRecord>(&line).unwrap(), record);
+        // Escapes, reordered fields, other spacing: parsed whole instead.
+        assert_eq!(line_position(r#"{"writer_id":"w\"1","seq":3,"x":1}"#), None);
+        assert_eq!(line_position(r#"{"seq":3,"writer_id":"w-1"}"#), None);
+        assert_eq!(line_position(r#"{"writer_id": "w-1", "seq": 3}"#), None);
+        assert_eq!(line_position(r#"{"writer_id":"w-1","seq":3}"#), None);
+        assert_eq!(line_position(""), None);
+    }
 }
