@@ -75,7 +75,9 @@ impl AuditEvent {
             resource_id: None,
             result,
             reason: None,
-            metadata: serde_json::Value::Object(serde_json::Map::new()),
+            // Sized for what a proxied request's event holds (auth, role, method, path, policies
+            // and a few more): no growing and re-hashing per event.
+            metadata: serde_json::Value::Object(serde_json::Map::with_capacity(8)),
             ip_address: None,
             user_agent: None,
             request_id: None,

@@ -1666,6 +1666,9 @@ impl SqliteAuditStore {
             // The files are the log; this database is an index rebuilt from them, so a commit
             // need not wait for the disk (WAL keeps it consistent across a crash).
             c.pragma_update(None, "synchronous", "NORMAL")?;
+            // The pages every batch touches (the ends of the table and its two indexes, and the
+            // write-ahead log's) stay cached (the index schema alone: 10.2 → 9.1 µs a row).
+            c.pragma_update(None, "cache_size", -16_384)?;
             c.busy_timeout(Duration::from_secs(10))?;
             *guard = Some(c);
         }
