@@ -507,6 +507,27 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Calls `f` with every line of the file (without its newline) until it answers `false`. A line
+/// that is not UTF-8 cannot be a record and is skipped; a file that cannot be read is an error.
+fn for_each_line(path: &std::path::Path, mut f: impl FnMut(&str) -> bool) -> std::io::Result<()> {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf)? == 0 {
+            return Ok(());
+        }
+        let bytes = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        if let Ok(line) = std::str::from_utf8(bytes)
+            && !f(line)
+        {
+            return Ok(());
+        }
+    }
+}
+
 /// Writer and seq of a record's line, read off its start as the log writes it
 /// (`{"writer_id":"…","seq":N,…`); `None` for a line of any other shape (parse it whole).
 fn line_position(line: &str) -> Option<(&str, u64)> {
@@ -539,40 +560,43 @@ async fn recover(store: &dyn AuditStore, sink: &JsonlSink, writer_id: &str) -> R
     let head = store.head(writer_id).await.map_err(|e| format!("audit database: {e}"))?;
     let (head_seq, head_hash) = head.map(|h| (h.seq, h.hash)).unwrap_or((0, String::from(GENESIS_HASH)));
     let files = audit_files(sink.dir()).map_err(|e| format!("audit directory {}: {e}", sink.dir().display()))?;
-    // Runs before the first request is served, over files that grow with the day's traffic: each
-    // line is placed by its writer and seq read off its first bytes, and only the records past
-    // the head are parsed whole.
-    let ahead_of_head = |text: &str| -> Vec<AuditRecord> {
-        text.lines()
-            .filter(|line| match line_position(line) {
-                Some((w, seq)) => w == writer_id && seq > head_seq,
-                None => true,
-            })
-            .filter_map(|line| serde_json::from_str::<AuditRecord>(line).ok())
-            .filter(|r| r.writer_id == writer_id && r.seq > head_seq)
-            .collect()
-    };
-    let holds_head = |text: &str| -> bool {
-        text.lines().any(|line| match line_position(line) {
-            Some((w, seq)) => w == writer_id && seq <= head_seq,
-            None => {
-                serde_json::from_str::<AuditRecord>(line).is_ok_and(|r| r.writer_id == writer_id && r.seq <= head_seq)
-            }
-        })
+    // Runs before the first request is served, over files that grow with the day's traffic: they
+    // are streamed (memory holds a line, not a file), each line is placed by its writer and seq
+    // read off its first bytes, and only the records past the head are parsed whole.
+    let holds_head = |line: &str| match line_position(line) {
+        Some((w, seq)) => w == writer_id && seq <= head_seq,
+        None => serde_json::from_str::<AuditRecord>(line).is_ok_and(|r| r.writer_id == writer_id && r.seq <= head_seq),
     };
     // The newest file that holds the database head (or the oldest file): the catch-up starts there.
     let mut first = 0;
     for (i, path) in files.iter().enumerate().rev() {
-        let Ok(text) = std::fs::read_to_string(path) else { continue };
-        if holds_head(&text) {
+        let mut found = false;
+        let _ = for_each_line(path, |line| {
+            found = holds_head(line);
+            !found
+        });
+        if found {
             first = i;
             break;
         }
     }
     let (mut expected, mut prev, mut imported) = (head_seq + 1, head_hash, 0usize);
     for path in files.iter().skip(first) {
-        let Ok(text) = std::fs::read_to_string(path) else { continue };
-        let mut ahead = ahead_of_head(&text);
+        let mut ahead = Vec::new();
+        let _ = for_each_line(path, |line| {
+            let past_head = match line_position(line) {
+                Some((w, seq)) => w == writer_id && seq > head_seq,
+                None => true,
+            };
+            if past_head
+                && let Ok(r) = serde_json::from_str::<AuditRecord>(line)
+                && r.writer_id == writer_id
+                && r.seq > head_seq
+            {
+                ahead.push(r);
+            }
+            true
+        });
         ahead.sort_by_key(|r| r.seq);
         for r in &ahead {
             if r.seq != expected || r.prev_hash != prev || r.compute_hash() != r.hash {
