@@ -614,7 +614,7 @@ impl RedisLimiter {
             Ok(reply) => reply,
             Err(e) => {
                 // Perhaps not delivered: the lane's task sends them (a second ZREM is harmless).
-                lane.requeue(&slots, carried);
+                lane.release(carried.into_iter().map(|id| (slots.clone(), id)));
                 return Err(e);
             }
         };
@@ -717,16 +717,22 @@ impl Lane {
         out
     }
 
-    /// Gives back releases a decision may not have delivered (it failed): the task sends them.
-    fn requeue(&self, slots: &str, ids: Vec<String>) {
-        if ids.is_empty() {
-            return;
-        }
+    /// Queues released leases `(slot set, id)`: after the renewal in flight for those it names,
+    /// for the next decision (or the lane's task) for the others; wakes the task when the queue
+    /// was empty.
+    fn release(&self, leases: impl IntoIterator<Item = (String, String)>) {
         let mut st = self.lock();
         let was_pending = st.pending();
-        st.carry.extend(ids.into_iter().map(|id| (slots.to_owned(), id)));
+        for (key, id) in leases {
+            if st.renewing.as_ref().is_some_and(|r| r.contains(&id)) {
+                st.after_renewal.push((key, id));
+            } else {
+                st.carry.push((key, id));
+            }
+        }
+        let now_pending = st.pending();
         drop(st);
-        if !was_pending {
+        if now_pending && !was_pending {
             self.wake.notify_one();
         }
     }
@@ -868,18 +874,9 @@ impl Drop for Lease {
         if let Some(mut n) = self.held.get_mut(&self.tenant) {
             *n = n.saturating_sub(1);
         }
-        let mut st = self.lane.lock();
-        let Some(key) = st.held.remove(&self.id) else { return };
-        let was_pending = st.pending();
-        let id = std::mem::take(&mut self.id);
-        if st.renewing.as_ref().is_some_and(|r| r.contains(&id)) {
-            st.after_renewal.push((key, id));
-        } else {
-            st.carry.push((key, id));
-        }
-        drop(st);
-        if !was_pending {
-            self.lane.wake.notify_one();
+        let key = self.lane.lock().held.remove(&self.id);
+        if let Some(key) = key {
+            self.lane.release([(key, std::mem::take(&mut self.id))]);
         }
     }
 }

@@ -60,6 +60,25 @@ async fn bootstrap(guard: &Arc<Guard>, listen: &str) -> anyhow::Result<()> {
 /// Tries at stop to write usage and session events still in memory (200 ms apart).
 const STOP_FLUSH_TRIES: u32 = 10;
 
+/// Runs `flush` until it succeeds, at most [`STOP_FLUSH_TRIES`] times 200 ms apart; the last
+/// failure is logged naming `what` was lost.
+async fn flush_at_stop<F, Fut, E>(what: &str, mut flush: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    for attempt in 1..=STOP_FLUSH_TRIES {
+        match flush().await {
+            Ok(()) => return,
+            Err(e) if attempt == STOP_FLUSH_TRIES => {
+                tracing::warn!(error = %e, "{what} could not be written at stop");
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
 /// The directory of a scale-out instance's own state, named by its listen address: a restart on
 /// the same address continues the same chain, and instances on one data dir never share one.
 pub fn instance_dir(data_dir: &Path, listen: &SocketAddr) -> PathBuf {
@@ -218,24 +237,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     guard.flush_usage().await;
     // What is still in memory is lost when the process exits: a busy store (a pool wait over
     // `database.acquire_timeout_ms`) gets a few more tries before giving up.
-    for attempt in 1..=STOP_FLUSH_TRIES {
-        match guard.flush_usage_ledger().await {
-            Ok(()) => break,
-            Err(e) if attempt == STOP_FLUSH_TRIES => {
-                tracing::warn!(error = %e, "usage of the last second could not be written at stop");
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-    for attempt in 1..=STOP_FLUSH_TRIES {
-        match guard.flush_sessions().await {
-            Ok(()) => break,
-            Err(e) if attempt == STOP_FLUSH_TRIES => {
-                tracing::warn!(error = %e, "session events of the last second could not be written at stop");
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
+    flush_at_stop("usage of the last second", || guard.flush_usage_ledger()).await;
+    flush_at_stop("session events of the last second", || guard.flush_sessions()).await;
     // The final signed checkpoint must be written before the process exits.
     guard.audit_log().shutdown().await;
     drop(lock);
