@@ -138,9 +138,18 @@ impl AuditLog {
                         }
                     };
                     let sink = JsonlSink::new(cfg.dir.clone(), cfg.fsync);
-                    if let Err(e) = recover(store.as_ref(), &sink, &cfg.writer_id).await {
-                        let _ = ready_tx.send(Err(e));
-                        return;
+                    // A predecessor killed mid-commit may see its last transaction committed by
+                    // PostgreSQL after we read the head: the import then collides with rows the
+                    // database already has. Read the head again and catch up from there.
+                    let mut tries = 0;
+                    while let Err(e) = recover(store.as_ref(), &sink, &cfg.writer_id).await {
+                        tries += 1;
+                        if tries == RECOVER_TRIES {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                        tracing::warn!(error = %e, "audit catch-up failed; reading the database head again");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                     let head = match store.head(&cfg.writer_id).await {
                         Ok(h) => h.map(|h| (h.seq, h.hash)).unwrap_or((0, String::from(GENESIS_HASH))),
@@ -543,6 +552,9 @@ fn line_position(line: &str) -> Option<(&str, u64)> {
     }
     Some((writer, rest[..digits].parse().ok()?))
 }
+
+/// Attempts of the start-up catch-up, 200 ms apart.
+const RECOVER_TRIES: u32 = 5;
 
 /// Records imported per transaction while catching up (bounded statements and transactions,
 /// progress kept between them).
