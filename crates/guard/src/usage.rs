@@ -4,7 +4,7 @@
 //! model profiles at that moment. Several instances add to the same rows.
 use crate::Guard;
 use portcullis_core::{TenantId, TenantScope};
-use portcullis_store::{LatencyBucket, ModelMinute, ModelProfile, StoreError, UsageRow};
+use portcullis_store::{LatencyBucket, LedgerBatch, ModelMinute, ModelProfile, StoreError, UsageRow};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -35,11 +35,48 @@ type MinuteKey = (String, String, i64);
 /// A model's minute: its counters and its latency buckets (bucket → count).
 type MinuteEntry = (ModelMinute, HashMap<i64, i64>);
 
-#[derive(Default)]
 pub struct UsageLedger {
     pending: std::sync::Mutex<HashMap<Key, UsageRow>>,
     /// Per (tenant, model, minute): counters and latency buckets.
     minutes: std::sync::Mutex<HashMap<MinuteKey, MinuteEntry>>,
+    /// A priced batch whose write failed. Its outcome is unknown (the commit may have landed and
+    /// only its answer been lost), so it is sent again as it is, under the same id, before
+    /// anything newer: the store skips it if it did land.
+    held_usage: std::sync::Mutex<Option<(i64, Vec<UsageRow>)>>,
+    held_minutes: std::sync::Mutex<Option<HeldMinutes>>,
+    /// The next batch id: random at start, so a restarted process never reuses its previous
+    /// life's last id.
+    next_batch: std::sync::atomic::AtomicI64,
+}
+
+type HeldMinutes = (i64, Vec<ModelMinute>, Vec<LatencyBucket>);
+
+impl Default for UsageLedger {
+    fn default() -> Self {
+        let seed = crate::random_bytes::<8>().map(i64::from_le_bytes).unwrap_or_else(|_| {
+            // No randomness: the clock in nanoseconds is as unlikely to repeat a previous life's id.
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+                .unwrap_or(0)
+        });
+        Self {
+            pending: std::sync::Mutex::default(),
+            minutes: std::sync::Mutex::default(),
+            held_usage: std::sync::Mutex::default(),
+            held_minutes: std::sync::Mutex::default(),
+            next_batch: std::sync::atomic::AtomicI64::new(seed),
+        }
+    }
+}
+
+/// Takes what a mutex holds, even from a poisoned one.
+fn take_held<T>(m: &std::sync::Mutex<Option<T>>) -> Option<T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+}
+
+fn hold<T>(m: &std::sync::Mutex<Option<T>>, v: T) {
+    *m.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(v);
 }
 
 fn clamp(n: u64) -> i64 {
@@ -200,15 +237,23 @@ impl Guard {
     }
 
     /// Prices what accumulated and adds it to the store. On failure the rows are kept for the
-    /// next attempt (nothing is lost while the process lives).
+    /// next attempt (nothing is lost while the process lives), and counted once whatever the
+    /// failed attempt did (see [`portcullis_store::LedgerBatch`]).
     pub async fn flush_usage_ledger(&self) -> Result<(), StoreError> {
         let _one = self.usage_flush.lock().await;
         self.flush_model_minutes().await?;
+        let writer = self.audit.writer_id();
+        if let Some((id, rows)) = take_held(&self.usage.held_usage)
+            && let Err(e) = self.store.add_usage(LedgerBatch { writer, id }, &rows).await
+        {
+            hold(&self.usage.held_usage, (id, rows));
+            return Err(e);
+        }
         let rows = self.usage.take();
         if rows.is_empty() {
             return Ok(());
         }
-        // Priced on a copy: on failure the rows go back as they were (priced again next time).
+        // Priced on a copy: if pricing fails the rows go back as they were.
         let mut priced = rows.clone();
         for r in &mut priced {
             match self.token_cost(&r.tenant_id, &r.model, r.input_tokens, r.output_tokens).await {
@@ -219,8 +264,9 @@ impl Guard {
                 }
             }
         }
-        if let Err(e) = self.store.add_usage(&priced).await {
-            self.usage.restore(rows);
+        let id = self.usage.next_batch.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Err(e) = self.store.add_usage(LedgerBatch { writer, id }, &priced).await {
+            hold(&self.usage.held_usage, (id, priced));
             return Err(e);
         }
         Ok(())
@@ -228,6 +274,13 @@ impl Guard {
 
     /// Writes the per-model minutes (priced like usage), kept for the next attempt on failure.
     async fn flush_model_minutes(&self) -> Result<(), StoreError> {
+        let writer = self.audit.writer_id();
+        if let Some((id, minutes, buckets)) = take_held(&self.usage.held_minutes)
+            && let Err(e) = self.store.add_model_metrics(LedgerBatch { writer, id }, &minutes, &buckets).await
+        {
+            hold(&self.usage.held_minutes, (id, minutes, buckets));
+            return Err(e);
+        }
         let rows = self.usage.take_minutes();
         if rows.is_empty() {
             return Ok(());
@@ -254,8 +307,9 @@ impl Guard {
                 })
             })
             .collect();
-        if let Err(e) = self.store.add_model_metrics(&minutes, &buckets).await {
-            self.usage.restore_minutes(rows);
+        let id = self.usage.next_batch.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Err(e) = self.store.add_model_metrics(LedgerBatch { writer, id }, &minutes, &buckets).await {
+            hold(&self.usage.held_minutes, (id, minutes, buckets));
             return Err(e);
         }
         Ok(())

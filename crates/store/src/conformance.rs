@@ -441,6 +441,68 @@ async fn sessions_total_page_isolate_and_expire(store: &dyn Store) {
     assert!(changes.iter().any(|c| c.kind == ChangeKind::SessionSettings && c.entity_id == TENANT_A));
 }
 
+fn usage_row(tenant: &str, cost_nanos: i64) -> UsageRow {
+    UsageRow {
+        tenant_id: tenant.to_owned(),
+        day: String::from("2026-12-02"),
+        principal_id: String::from("key:k"),
+        model: String::from("m"),
+        route: String::from("/llm"),
+        requests: 1,
+        status_2xx: 1,
+        cost_nanos,
+        ..UsageRow::default()
+    }
+}
+
+async fn spent(store: &dyn Store, tenant: &str) -> (i64, i64) {
+    let rows = store.usage(&scope(tenant), "2026-12-02", "2026-12-02").await.unwrap();
+    (rows.iter().map(|r| r.requests).sum(), rows.iter().map(|r| r.cost_nanos).sum())
+}
+
+/// A writer whose write failed with an unknown outcome sends the same batch again: it counts once
+/// if the first attempt did land, and every other batch (the writer's next, another writer's)
+/// counts as usual.
+async fn ledger_batches_count_once_per_writer(store: &dyn Store) {
+    seed_tenants(store).await;
+    let first = LedgerBatch { writer: "node-a", id: 7 };
+    let rows = [usage_row(TENANT_A, 10), usage_row(TENANT_B, 20)];
+    store.add_usage(first, &rows).await.unwrap();
+    store.add_usage(first, &rows).await.unwrap();
+    assert_eq!(spent(store, TENANT_A).await, (1, 10), "a batch sent again counts once");
+    assert_eq!(spent(store, TENANT_B).await, (1, 20));
+    store.add_usage(LedgerBatch { writer: "node-a", id: 8 }, &rows).await.unwrap();
+    store.add_usage(LedgerBatch { writer: "node-b", id: 7 }, &rows[..1]).await.unwrap();
+    assert_eq!(spent(store, TENANT_A).await, (3, 30));
+    assert_eq!(spent(store, TENANT_B).await, (2, 40));
+    // A batch seen for one tenant only is still new for the other.
+    store.add_usage(LedgerBatch { writer: "node-b", id: 7 }, &rows).await.unwrap();
+    assert_eq!(spent(store, TENANT_A).await, (3, 30));
+    assert_eq!(spent(store, TENANT_B).await, (3, 60));
+
+    let minute = ModelMinute {
+        tenant_id: TENANT_A.to_owned(),
+        model: String::from("m"),
+        minute: 100,
+        requests: 1,
+        status_2xx: 1,
+        cost_nanos: 5,
+        ..ModelMinute::default()
+    };
+    let bucket =
+        LatencyBucket { tenant_id: TENANT_A.to_owned(), model: String::from("m"), minute: 100, bucket: 3, count: 1 };
+    for _ in 0..2 {
+        store.add_model_metrics(first, std::slice::from_ref(&minute), std::slice::from_ref(&bucket)).await.unwrap();
+    }
+    let (minutes, buckets) = store.model_metrics(&scope(TENANT_A), "m", 0, 1_000).await.unwrap();
+    assert_eq!(minutes.iter().map(|m| m.requests).sum::<i64>(), 1, "model metrics: once as well");
+    assert_eq!(buckets.iter().map(|b| b.count).sum::<i64>(), 1);
+    // The usage ledger's marks are its own: the same id on the model ledger was new.
+    store.add_model_metrics(LedgerBatch { writer: "node-a", id: 9 }, &[minute], &[bucket]).await.unwrap();
+    let (minutes, _) = store.model_metrics(&scope(TENANT_A), "m", 0, 1_000).await.unwrap();
+    assert_eq!(minutes.iter().map(|m| m.requests).sum::<i64>(), 2);
+}
+
 macro_rules! conformance {
     ($($name:ident),*) => {
         mod sqlite_backend {
@@ -469,5 +531,6 @@ conformance!(
     policies_update_is_optimistic_and_versioned,
     policies_delete_keeps_the_history,
     policies_are_reached_only_through_their_tenant,
-    sessions_total_page_isolate_and_expire
+    sessions_total_page_isolate_and_expire,
+    ledger_batches_count_once_per_writer
 );

@@ -144,13 +144,20 @@ pub trait Store: Send + Sync + 'static {
 
     // Usage: counters added to, never overwritten, so several instances may add to one row.
     /// Adds each row's counters to the stored row of the same key (creating it). Rows may belong
-    /// to several tenants; each is written in its own tenant's scope.
-    async fn add_usage(&self, rows: &[UsageRow]) -> Result<()>;
+    /// to several tenants; each is written in its own tenant's scope. All or nothing; a tenant's
+    /// rows are skipped when `batch` is the last one its writer added for that tenant.
+    async fn add_usage(&self, batch: LedgerBatch<'_>, rows: &[UsageRow]) -> Result<()>;
     /// The tenant's rows with `from_day <= day <= to_day`.
     async fn usage(&self, scope: &TenantScope, from_day: &str, to_day: &str) -> Result<Vec<UsageRow>>;
 
     // Per-model traffic by minute, for model-profile metrics. Added to like usage.
-    async fn add_model_metrics(&self, minutes: &[ModelMinute], latency: &[LatencyBucket]) -> Result<()>;
+    /// All or nothing, and skipped per tenant like [`Store::add_usage`].
+    async fn add_model_metrics(
+        &self,
+        batch: LedgerBatch<'_>,
+        minutes: &[ModelMinute],
+        latency: &[LatencyBucket],
+    ) -> Result<()>;
     /// The tenant's rows for `model` with `from_minute <= minute < to_minute`.
     async fn model_metrics(
         &self,

@@ -251,6 +251,18 @@ pub struct ModelProfile {
     pub updated_by: String,
 }
 
+/// One write of counters (usage or model metrics) by one writer. The store records, per tenant,
+/// the last batch each writer added to each ledger and skips a batch it has already added: a
+/// writer whose write failed with an unknown outcome (the commit landed but its answer was lost)
+/// sends the same batch again, never a merged one, and it counts once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LedgerBatch<'a> {
+    /// The writing process (its audit chain id).
+    pub writer: &'a str,
+    /// Differs from the writer's previous batch.
+    pub id: i64,
+}
+
 /// Usage to add to one (tenant, day, caller, model, route) row.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UsageRow {

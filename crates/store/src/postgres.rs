@@ -505,6 +505,25 @@ CREATE POLICY tenant_rows ON session_settings FOR ALL
     WITH CHECK (tenant_id = nullif(current_setting('app.tenant_id', true), ''));
 "#,
     ),
+    (
+        7,
+        // The last counter batch each writer added per tenant and ledger: a retried batch whose
+        // first write landed (its commit's answer lost) is recognised and not added again.
+        r#"
+CREATE TABLE ledger_marks (
+    tenant_id TEXT COLLATE "C" NOT NULL REFERENCES tenants(id),
+    writer_id TEXT COLLATE "C" NOT NULL,
+    ledger TEXT COLLATE "C" NOT NULL,
+    batch BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, writer_id, ledger)
+);
+ALTER TABLE ledger_marks ENABLE ROW LEVEL SECURITY;
+ALTER TABLE ledger_marks FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_rows ON ledger_marks FOR ALL
+    USING (tenant_id = nullif(current_setting('app.tenant_id', true), ''))
+    WITH CHECK (tenant_id = nullif(current_setting('app.tenant_id', true), ''));
+"#,
+    ),
 ];
 
 /// What the application role may do, table by table: exactly what the methods of this module
@@ -530,6 +549,7 @@ pub const APP_GRANTS: &[(&str, &str)] = &[
     ("agent_sessions", "SELECT, INSERT, UPDATE, DELETE"),
     ("session_events", "SELECT, INSERT, DELETE"),
     ("session_settings", "SELECT, INSERT, UPDATE"),
+    ("ledger_marks", "SELECT, INSERT, UPDATE"),
     ("audit_events", "SELECT, INSERT"),
     ("audit_heads", "SELECT, INSERT, UPDATE"),
     ("audit_checkpoints", "SELECT, INSERT"),
@@ -572,8 +592,40 @@ impl SystemPath {
 /// Opens a transaction that sees exactly one tenant's rows.
 async fn tenant_tx<'a>(pool: &'a PgPool, tenant: &str) -> Result<Transaction<'a, Postgres>> {
     let mut tx = pool.begin().await?;
-    sqlx::query(BEGIN_TENANT).bind(tenant).execute(&mut *tx).await?;
+    enter_tenant(&mut tx, tenant).await?;
     Ok(tx)
+}
+
+/// Records `batch` as the last one its writer added to `ledger` for `tenant` (the transaction's
+/// tenant); false when it already was: that batch's rows were added by an earlier attempt.
+async fn claim_batch(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant: &str,
+    batch: LedgerBatch<'_>,
+    ledger: &str,
+) -> Result<bool> {
+    let n = sqlx::query(
+        "INSERT INTO ledger_marks AS m (tenant_id, writer_id, ledger, batch) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (tenant_id, writer_id, ledger) DO UPDATE SET batch = excluded.batch WHERE m.batch <> excluded.batch",
+    )
+    .bind(tenant)
+    .bind(batch.writer)
+    .bind(ledger)
+    .bind(batch.id)
+    .execute(&mut **tx)
+    .await
+    .map_err(denied)?
+    .rows_affected();
+    Ok(n > 0)
+}
+
+/// Points an open transaction at `tenant`. Batched writes that span tenants (usage, model
+/// metrics) run in one transaction and enter each tenant in turn: row-level security checks every
+/// statement against the setting of its moment, and the batch commits whole or not at all, so a
+/// retry after a failure never adds one tenant's counters twice.
+async fn enter_tenant(tx: &mut Transaction<'_, Postgres>, tenant: &str) -> Result<()> {
+    sqlx::query(BEGIN_TENANT).bind(tenant).execute(&mut **tx).await?;
+    Ok(())
 }
 
 /// Opens a transaction on the system path. Only the methods listed in the module header call
@@ -1979,13 +2031,16 @@ impl Store for PgStore {
         Ok(n > 0)
     }
 
-    async fn add_usage(&self, rows: &[UsageRow]) -> Result<()> {
-        // One transaction per tenant: row-level security scopes each to its tenant.
+    async fn add_usage(&self, batch: LedgerBatch<'_>, rows: &[UsageRow]) -> Result<()> {
         let mut tenants: Vec<&str> = rows.iter().map(|r| r.tenant_id.as_str()).collect();
         tenants.sort_unstable();
         tenants.dedup();
+        let mut tx = self.pool.begin().await?;
         for tenant in tenants {
-            let mut tx = tenant_tx(&self.pool, tenant).await?;
+            enter_tenant(&mut tx, tenant).await?;
+            if !claim_batch(&mut tx, tenant, batch, "usage").await? {
+                continue;
+            }
             for r in rows.iter().filter(|r| r.tenant_id == tenant) {
                 if [&r.principal_id, &r.model, &r.route].iter().any(|s| has_nul(s)) {
                     continue;
@@ -2019,8 +2074,8 @@ impl Store for PgStore {
                 .await
                 .map_err(denied)?;
             }
-            tx.commit().await?;
         }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -2042,21 +2097,30 @@ impl Store for PgStore {
         rows.iter().map(usage_from).collect()
     }
 
-    async fn add_model_metrics(&self, minutes: &[ModelMinute], latency: &[LatencyBucket]) -> Result<()> {
+    async fn add_model_metrics(
+        &self,
+        batch: LedgerBatch<'_>,
+        minutes: &[ModelMinute],
+        latency: &[LatencyBucket],
+    ) -> Result<()> {
         let mut tenants: Vec<&str> =
             minutes.iter().map(|m| m.tenant_id.as_str()).chain(latency.iter().map(|l| l.tenant_id.as_str())).collect();
         tenants.sort_unstable();
         tenants.dedup();
+        let mut tx = self.pool.begin().await?;
         for tenant in tenants {
-            let mut tx = tenant_tx(&self.pool, tenant).await?;
+            enter_tenant(&mut tx, tenant).await?;
+            if !claim_batch(&mut tx, tenant, batch, "model").await? {
+                continue;
+            }
             for m in minutes.iter().filter(|m| m.tenant_id == tenant && !has_nul(&m.model)) {
                 insert_model_minute(&mut tx, m).await?;
             }
             for l in latency.iter().filter(|l| l.tenant_id == tenant && !has_nul(&l.model)) {
                 insert_latency_bucket(&mut tx, l).await?;
             }
-            tx.commit().await?;
         }
+        tx.commit().await?;
         Ok(())
     }
 

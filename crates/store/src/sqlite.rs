@@ -270,6 +270,20 @@ CREATE TABLE session_settings (
 );
 "#,
     ),
+    (
+        10,
+        // The last counter batch each writer added per tenant and ledger: a retried batch whose
+        // first write landed is recognised and not added again.
+        r#"
+CREATE TABLE ledger_marks (
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    writer_id TEXT NOT NULL,
+    ledger TEXT NOT NULL,
+    batch BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, writer_id, ledger)
+);
+"#,
+    ),
 ];
 
 const AUDIT_MIGRATIONS: &[(i64, &str)] = &[
@@ -527,6 +541,35 @@ fn latency_bucket_from(row: &SqliteRow) -> Result<LatencyBucket> {
         bucket: row.try_get("bucket")?,
         count: row.try_get("count")?,
     })
+}
+
+/// Records `batch` as the last one its writer added to `ledger` for each of `tenants`; returns
+/// the tenants for which it is new (the others already have it: their rows are not added again).
+async fn claim_batches<'t>(
+    c: &mut sqlx::SqliteConnection,
+    batch: LedgerBatch<'_>,
+    ledger: &str,
+    tenants: impl Iterator<Item = &'t str>,
+) -> Result<std::collections::HashSet<&'t str>> {
+    let mut fresh = std::collections::HashSet::new();
+    let all: std::collections::BTreeSet<&str> = tenants.collect();
+    for tenant in all {
+        let n = sqlx::query(
+            "INSERT INTO ledger_marks (tenant_id, writer_id, ledger, batch) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (tenant_id, writer_id, ledger) DO UPDATE SET batch = excluded.batch WHERE batch <> excluded.batch",
+        )
+        .bind(tenant)
+        .bind(batch.writer)
+        .bind(ledger)
+        .bind(batch.id)
+        .execute(&mut *c)
+        .await?
+        .rows_affected();
+        if n > 0 {
+            fresh.insert(tenant);
+        }
+    }
+    Ok(fresh)
 }
 
 async fn insert_model_minute(c: &mut sqlx::SqliteConnection, m: &ModelMinute) -> Result<()> {
@@ -1320,12 +1363,13 @@ impl Store for SqliteStore {
         Ok(n > 0)
     }
 
-    async fn add_usage(&self, rows: &[UsageRow]) -> Result<()> {
+    async fn add_usage(&self, batch: LedgerBatch<'_>, rows: &[UsageRow]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        for r in rows {
+        let fresh = claim_batches(&mut tx, batch, "usage", rows.iter().map(|r| r.tenant_id.as_str())).await?;
+        for r in rows.iter().filter(|r| fresh.contains(r.tenant_id.as_str())) {
             sqlx::query(
                 "INSERT INTO usage_daily (tenant_id, day, principal_id, model, route, requests, status_2xx, status_4xx, \
                  status_5xx, input_tokens, output_tokens, latency_ms_sum, cost_nanos) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
@@ -1367,15 +1411,22 @@ impl Store for SqliteStore {
         rows.iter().map(usage_from).collect()
     }
 
-    async fn add_model_metrics(&self, minutes: &[ModelMinute], latency: &[LatencyBucket]) -> Result<()> {
+    async fn add_model_metrics(
+        &self,
+        batch: LedgerBatch<'_>,
+        minutes: &[ModelMinute],
+        latency: &[LatencyBucket],
+    ) -> Result<()> {
         if minutes.is_empty() && latency.is_empty() {
             return Ok(());
         }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        for m in minutes {
+        let tenants = minutes.iter().map(|m| m.tenant_id.as_str()).chain(latency.iter().map(|l| l.tenant_id.as_str()));
+        let fresh = claim_batches(&mut tx, batch, "model", tenants).await?;
+        for m in minutes.iter().filter(|m| fresh.contains(m.tenant_id.as_str())) {
             insert_model_minute(&mut tx, m).await?;
         }
-        for l in latency {
+        for l in latency.iter().filter(|l| fresh.contains(l.tenant_id.as_str())) {
             insert_latency_bucket(&mut tx, l).await?;
         }
         tx.commit().await?;

@@ -160,3 +160,49 @@ mod policies {
         assert!(migrate(&db.owner_url, &db.app).await.unwrap().applied.is_empty());
     }
 }
+
+mod usage {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests fail loudly")]
+
+    use super::*;
+    use crate::conformance::{PgDatabase, TENANT_A, TENANT_B, scope, seed_tenants};
+
+    fn row(tenant: &str, cost_nanos: i64) -> UsageRow {
+        UsageRow {
+            tenant_id: tenant.to_owned(),
+            day: "2026-12-02".to_owned(),
+            principal_id: "key:k".to_owned(),
+            route: "/llm".to_owned(),
+            requests: 1,
+            status_2xx: 1,
+            cost_nanos,
+            ..UsageRow::default()
+        }
+    }
+
+    fn batch(id: i64) -> LedgerBatch<'static> {
+        LedgerBatch { writer: "node-test", id }
+    }
+
+    async fn spent(store: &PgStore, tenant: &str) -> i64 {
+        store.usage(&scope(tenant), "2026-12-02", "2026-12-02").await.unwrap().iter().map(|r| r.cost_nanos).sum()
+    }
+
+    /// The usage ledger retries a failed batch: a batch that spans tenants must land whole or not
+    /// at all, or a retry adds the tenants written before the failure a second time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_usage_batch_that_fails_for_one_tenant_adds_nothing_for_any() {
+        let db = PgDatabase::migrated().await;
+        let store = db.store().await;
+        seed_tenants(&store).await;
+        assert!(TENANT_A < TENANT_B, "A's rows are written first");
+        store.add_usage(batch(1), &[row(TENANT_B, i64::MAX - 1)]).await.unwrap();
+        // B's counter would overflow: the batch fails after A's row was written in it.
+        let rows = [row(TENANT_A, 10_000_000), row(TENANT_B, 10)];
+        assert!(store.add_usage(batch(2), &rows).await.is_err());
+        assert_eq!(spent(&store, TENANT_A).await, 0, "nothing of the failed batch stayed");
+        store.add_usage(batch(3), &[row(TENANT_A, 10_000_000), row(TENANT_B, 1)]).await.unwrap();
+        assert_eq!(spent(&store, TENANT_A).await, 10_000_000);
+        assert_eq!(spent(&store, TENANT_B).await, i64::MAX);
+    }
+}
