@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests fail loudly")]
 
 use crate::local::LocalLimiter;
-use crate::redis::{RedisLimiter, RedisSettings};
+use crate::redis::{ADMIT, RedisLimiter, RedisSettings};
 use crate::shared::{FailMode, SharedLimiter, SharedSettings};
 use crate::*;
 use std::sync::Arc;
@@ -349,6 +349,27 @@ async fn redis_a_release_rides_on_the_next_decision_or_goes_alone() {
     }
     assert!(gone, "the lane sent the release no decision carried");
     assert_eq!(lim.unsent_releases(), 0);
+}
+
+/// A Redis that lost its scripts (restarted, failed over, `SCRIPT FLUSH`) answers a decision's
+/// `EVALSHA` with NOSCRIPT: the decision loads the script and is made all the same.
+#[tokio::test]
+async fn redis_a_server_without_the_script_gets_it_loaded_by_the_decision() {
+    let prefix = fresh_prefix();
+    let lim = redis_limiter(&prefix).await;
+    let l = limits(1_000, 10, 1_000);
+    let client = ::redis::Client::open(redis_url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let hash = ::redis::Script::new(ADMIT).get_hash().to_owned();
+    let _: () = ::redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut c).await.unwrap();
+    let known: Vec<i64> = ::redis::cmd("SCRIPT").arg("EXISTS").arg(&hash).query_async(&mut c).await.unwrap();
+    assert_eq!(known, [0]);
+    let a = lim.admit(&req("t", &l, true)).await.unwrap_or_else(|r| panic!("refused: {r:?}"));
+    assert!(a.slot.is_some());
+    let known: Vec<i64> = ::redis::cmd("SCRIPT").arg("EXISTS").arg(&hash).query_async(&mut c).await.unwrap();
+    assert_eq!(known, [1], "the decision loaded the admit script");
+    let n: i64 = ::redis::cmd("ZCARD").arg(format!("{prefix}:slots:t")).query_async(&mut c).await.unwrap();
+    assert_eq!(n, 1, "and took its slot");
 }
 
 /// An instance that dies holding a slot (no release, no renewal) gives it back at lease expiry.

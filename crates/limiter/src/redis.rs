@@ -47,7 +47,7 @@ use std::time::Duration;
 /// Atomic because check-then-commit across several keys must not interleave with another
 /// instance's decision; `TIME` before writes needs effects replication (the default since Redis 5,
 /// the only mode since 7).
-const ADMIT: &str = r#"
+pub(crate) const ADMIT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if #ARGV > 10 then
@@ -419,12 +419,19 @@ impl RedisLimiter {
     }
 
     fn key(&self, parts: &[&str]) -> String {
-        let mut k = self.prefix.clone();
+        let mut k = String::new();
+        self.key_into(&mut k, parts);
+        k
+    }
+
+    /// Writes the key of `parts` into `k` (replacing what it held).
+    fn key_into(&self, k: &mut String, parts: &[&str]) {
+        k.clear();
+        k.push_str(&self.prefix);
         for p in parts {
             k.push(':');
             k.push_str(p);
         }
-        k
     }
 
     fn failed(&self, e: ::redis::RedisError) -> Unavailable {
@@ -553,33 +560,53 @@ impl RedisLimiter {
         Ok(())
     }
 
-    /// Sends a decision on the lane's connection, bounded by the timeout.
-    async fn send_decision(&self, lane: &Lane, inv: &::redis::ScriptInvocation<'_>) -> Result<Vec<i64>, Unavailable> {
+    /// Sends a decision (an `EVALSHA` of the admit script) on the lane's connection, bounded by
+    /// the timeout; loads the script first if Redis does not have it (a restarted or flushed
+    /// server).
+    async fn send_decision(&self, lane: &Lane, cmd: &::redis::Cmd) -> Result<Vec<i64>, Unavailable> {
         let mut conn = lane.conn.clone();
         let started = std::time::Instant::now();
-        match tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await {
-            Err(_) => Err(Unavailable::Timeout),
-            Ok(Ok(reply)) => Ok(reply),
-            // This thread's connection was dropped since its last use (Redis restarted, an idle
-            // connection closed by the server or the network). The manager is reconnecting: try
-            // once more within what is left of the same timeout and deadline, instead of
-            // degrading the whole instance for one stale connection. Should the first attempt
-            // have run after all, the retry holds the same lease (a set member, added once) and
-            // at most uses one more cell of rate: never over-admission.
-            Ok(Err(e))
-                if e.is_connection_dropped()
-                    || e.is_io_error()
-                    || e.is_connection_refusal()
-                    || e.is_unrecoverable_error() =>
-            {
-                let left = self.timeout.saturating_sub(started.elapsed());
-                tokio::time::timeout(left, inv.invoke_async(&mut conn))
-                    .await
-                    .map_err(|_| Unavailable::Timeout)?
-                    .map_err(|e| self.failed(e))
-            }
-            Ok(Err(e)) => Err(self.failed(e)),
+        let left = || self.timeout.saturating_sub(started.elapsed());
+        let first = match tokio::time::timeout(self.timeout, cmd.query_async::<Vec<i64>>(&mut conn)).await {
+            Err(_) => return Err(Unavailable::Timeout),
+            Ok(r) => r,
+        };
+        let e = match first {
+            Ok(reply) => return Ok(reply),
+            Err(e) => e,
+        };
+        if e.kind() == ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoScript) {
+            let load = async {
+                self.admit.load_async(&mut conn).await?;
+                cmd.query_async::<Vec<i64>>(&mut conn).await
+            };
+            return tokio::time::timeout(left(), load)
+                .await
+                .map_err(|_| Unavailable::Timeout)?
+                .map_err(|e| self.failed(e));
         }
+        // This thread's connection was dropped since its last use (Redis restarted, an idle
+        // connection closed by the server or the network). The manager is reconnecting: try
+        // once more within what is left of the same timeout and deadline, instead of degrading
+        // the whole instance for one stale connection. Should the first attempt have run after
+        // all, the retry holds the same lease (a set member, added once) and at most uses one
+        // more cell of rate: never over-admission.
+        if e.is_connection_dropped() || e.is_io_error() || e.is_connection_refusal() || e.is_unrecoverable_error() {
+            let again = async {
+                match cmd.query_async::<Vec<i64>>(&mut conn).await {
+                    Err(e) if e.kind() == ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoScript) => {
+                        self.admit.load_async(&mut conn).await?;
+                        cmd.query_async::<Vec<i64>>(&mut conn).await
+                    }
+                    r => r,
+                }
+            };
+            return tokio::time::timeout(left(), again)
+                .await
+                .map_err(|_| Unavailable::Timeout)?
+                .map_err(|e| self.failed(e));
+        }
+        Err(self.failed(e))
     }
 
     /// One decision in one round trip; `Err` when Redis is unreachable or too slow.
@@ -588,29 +615,43 @@ impl RedisLimiter {
         let lease_id = format!("{}-{}", self.instance, self.leases.fetch_add(1, Ordering::Relaxed));
         let slots = self.key(&["slots", req.tenant]);
         let sent = wall_ms();
-        let mut inv = self.admit.prepare_invoke();
+        let lane = self.lane()?;
+        let carried = lane.take_carried(&slots);
+        // The `EVALSHA` written straight into one command buffer (keys through one scratch
+        // string): a decision costs two allocations here, not one per key and argument twice
+        // over as a prepared script invocation does.
+        let mut key = String::with_capacity(self.prefix.len() + 96);
+        let mut cmd = ::redis::Cmd::with_capacity(
+            19 + carried.len(),
+            256 + req.tenant.len() * 4 + req.principal.len() + req.route.len() + lease_id.len() + carried.len() * 32,
+        );
+        cmd.arg("EVALSHA").arg(self.admit.get_hash()).arg(6);
         // `gcra`/`day`, not the hashes of earlier versions (`rate`/`quota`): a rolling upgrade
         // must not hand an older instance a value of a type its script cannot read.
-        inv.key(self.key(&["gcra", "t", req.tenant]))
-            .key(self.key(&["gcra", "p", req.tenant, req.principal]))
-            .key(self.key(&["gcra", "r", req.tenant, req.route]))
-            .key(self.key(&["gcra", "g"]))
-            .key(&slots)
-            .key(self.key(&["day", req.tenant]))
+        for parts in [
+            &["gcra", "t", req.tenant][..],
+            &["gcra", "p", req.tenant, req.principal],
+            &["gcra", "r", req.tenant, req.route],
+            &["gcra", "g"],
+        ] {
+            self.key_into(&mut key, parts);
+            cmd.arg(key.as_str());
+        }
+        cmd.arg(slots.as_str());
+        self.key_into(&mut key, &["day", req.tenant]);
+        cmd.arg(key.as_str())
             .arg(l.tenant_per_minute)
             .arg(l.principal_per_minute)
             .arg(l.route_per_minute.unwrap_or(0))
             .arg(l.global_per_second.unwrap_or(0))
             .arg(l.concurrency)
             .arg(u8::from(req.hold_slot))
-            .arg(&lease_id)
+            .arg(lease_id.as_str())
             .arg(u64::try_from(self.lease.as_millis()).unwrap_or(30_000))
             .arg(l.requests_per_day)
-            .arg(self.deadline(sent));
-        let lane = self.lane()?;
-        let carried = lane.take_carried(&slots);
-        inv.arg(&carried);
-        let reply = match self.send_decision(&lane, &inv).await {
+            .arg(self.deadline(sent))
+            .arg(&carried);
+        let reply = match self.send_decision(&lane, &cmd).await {
             Ok(reply) => reply,
             Err(e) => {
                 // Perhaps not delivered: the lane's task sends them (a second ZREM is harmless).
