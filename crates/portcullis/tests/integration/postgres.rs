@@ -30,6 +30,7 @@ const TENANT_TABLES: &[&str] = &[
     "agent_sessions",
     "session_events",
     "session_settings",
+    "ledger_marks",
 ];
 
 /// What the application role must be granted, and nothing more.
@@ -40,6 +41,7 @@ const EXPECTED_GRANTS: &[(&str, &[&str])] = &[
     ("audit_events", &["INSERT", "SELECT"]),
     ("audit_heads", &["INSERT", "SELECT", "UPDATE"]),
     ("changes", &["INSERT", "SELECT"]),
+    ("ledger_marks", &["INSERT", "SELECT", "UPDATE"]),
     ("model_latency", &["INSERT", "SELECT", "UPDATE"]),
     ("model_minutes", &["INSERT", "SELECT", "UPDATE"]),
     ("model_profiles", &["DELETE", "INSERT", "SELECT", "UPDATE"]),
