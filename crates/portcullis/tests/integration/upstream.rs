@@ -17,7 +17,8 @@
 //!   number of characters of the messages' contents, `completion_tokens` the request's
 //!   `max_tokens` (7 when absent); with `"stream": true` three SSE chunks, the usage chunk only
 //!   when `stream_options.include_usage` is set (as OpenAI does), then `data: [DONE]`; a
-//!   `delay_ms` field waits that long first, `"fail": true` answers 500;
+//!   `delay_ms` field waits that long first, `body_delay_ms` that long between the head and the
+//!   body of a JSON answer, `"fail": true` answers 500;
 //! - anything else: echo, a JSON [`Seen`] of the request.
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Write};
@@ -435,7 +436,18 @@ fn completion(w: &mut TcpStream, seen: &Seen) -> std::io::Result<()> {
             "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
             "usage": usage,
         });
-        return respond(w, 200, &[("content-type", String::from("application/json"))], body.to_string().as_bytes());
+        let body = body.to_string();
+        if let Some(ms) = req["body_delay_ms"].as_u64() {
+            // The head now, the answer later: a client may have left in between.
+            let head =
+                format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len());
+            w.write_all(head.as_bytes())?;
+            w.flush()?;
+            std::thread::sleep(Duration::from_millis(ms));
+            w.write_all(body.as_bytes())?;
+            return w.flush();
+        }
+        return respond(w, 200, &[("content-type", String::from("application/json"))], body.as_bytes());
     }
     let include = req["stream_options"]["include_usage"].as_bool() == Some(true);
     w.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")?;

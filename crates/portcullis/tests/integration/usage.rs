@@ -262,3 +262,42 @@ fn model_metrics_match_the_traffic_sent() {
     let r = g.s.get(&format!("/v1/model-profiles/{id}/metrics")).header("x-api-key", &other_admin).send().unwrap();
     assert_eq!(r.status(), 404);
 }
+
+/// A client that leaves after the head of a JSON answer does not make it free: the gateway reads
+/// the rest of the answer and counts its tokens (the client's own connection, and the upstream
+/// connection that belonged to it, are gone by then).
+#[test]
+fn a_json_answer_the_client_left_is_still_counted() {
+    use std::io::{Read, Write};
+    let g = llm("pro");
+    let body = json!({"model": "left", "max_tokens": 9, "body_delay_ms": 300,
+                      "messages": [{"role": "user", "content": "abc"}]})
+    .to_string();
+    let addr = g.s.base.trim_start_matches("http://").to_owned();
+    let mut c = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        c,
+        "POST /llm/v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\nx-api-key: {}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        g.key,
+        body.len()
+    )
+    .unwrap();
+    // Read the head (the body is 300 ms behind it), then leave.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(c.read(&mut byte).unwrap(), 1, "the head arrives: {}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    drop(c);
+    let mut last = Value::Null;
+    let counted = crate::harness::eventually(std::time::Duration::from_secs(10), || {
+        last = usage(&g, "group_by=model&model=left");
+        last["totals"]["output_tokens"] == 9
+    });
+    assert!(counted, "the answer's tokens are counted: {last}");
+    assert_eq!(last["totals"]["input_tokens"], 3, "{last}");
+    assert_eq!(last["totals"]["requests"], 1, "{last}");
+}
