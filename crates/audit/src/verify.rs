@@ -89,10 +89,34 @@ impl ChainWalk {
     }
 }
 
-/// The record with `seq` in a chain sorted by seq (found by seq, not position, so one deleted
-/// row does not make every later record look different).
-fn by_seq(chain: &[AuditRecord], seq: u64) -> Option<&AuditRecord> {
-    chain.binary_search_by_key(&seq, |r| r.seq).ok().and_then(|i| chain.get(i))
+/// A database chain as the cross-checks need it: (seq, hash) of each record, sorted by seq. The
+/// records themselves are walked once and dropped (a whole chain of full records for every
+/// writer at once would hold the entire audit log in memory).
+type SeqHashes = Vec<(u64, String)>;
+
+/// The hash of the record with `seq` (found by seq, not position, so one deleted row does not make
+/// every later record look different).
+fn by_seq(chain: &[(u64, String)], seq: u64) -> Option<&str> {
+    chain.binary_search_by_key(&seq, |r| r.0).ok().and_then(|i| chain.get(i)).map(|r| r.1.as_str())
+}
+
+/// Calls `f` with each line of `path` and its number (from 1); a line that is not UTF-8 comes as
+/// `None`. Read a line at a time: a day's file may be larger than memory allows.
+fn each_line(path: &Path, mut f: impl FnMut(usize, Option<&str>)) -> std::io::Result<()> {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+    let mut buf = Vec::new();
+    let mut n = 0;
+    loop {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf)? == 0 {
+            return Ok(());
+        }
+        n += 1;
+        let bytes = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        f(n, std::str::from_utf8(bytes).ok());
+    }
 }
 
 /// Verifies the database log against the files of one audit directory that holds every chain.
@@ -108,7 +132,7 @@ pub async fn verify_sources(
     let must_be_whole = |w: &str| sources.complete.as_ref().is_none_or(|set| set.contains(w));
     let mut problems = Vec::new();
     let mut writers = Vec::new();
-    let mut db: BTreeMap<String, Vec<AuditRecord>> = BTreeMap::new();
+    let mut db: BTreeMap<String, SeqHashes> = BTreeMap::new();
 
     let heads = store.heads().await.map_err(|e| e.to_string())?;
     for head in &heads {
@@ -132,7 +156,7 @@ pub async fn verify_sources(
             head_seq: head.seq,
             last_checkpoint_seq: None,
         });
-        db.insert(head.writer_id.clone(), chain);
+        db.insert(head.writer_id.clone(), chain.into_iter().map(|r| (r.seq, r.hash)).collect());
     }
 
     // Checkpoints from the database and from checkpoints.jsonl; either copy can expose a rewrite.
@@ -180,9 +204,9 @@ pub async fn verify_sources(
                 "{origin}: checkpoint of writer `{}` covers seq {} but the database chain ends at seq {} (records truncated)",
                 cp.writer_id,
                 cp.seq,
-                chain.last().map(|r| r.seq).unwrap_or(0)
+                chain.last().map(|r| r.0).unwrap_or(0)
             )),
-            Some(r) if r.hash != cp.hash => problems.push(format!(
+            Some(hash) if hash != cp.hash => problems.push(format!(
                 "{origin}: checkpoint of writer `{}` at seq {} does not match the database record (history rewritten)",
                 cp.writer_id, cp.seq
             )),
@@ -208,15 +232,11 @@ pub async fn verify_sources(
         |w: &str| checkpoints.iter().filter(|(_, c)| c.writer_id == w).map(|(_, c)| c.seq).max().unwrap_or(0);
     let db_head = |w: &str| heads.iter().find(|h| h.writer_id == w).map_or(0, |h| h.seq).max(signed_up_to(w));
     for path in &files {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        for (i, line) in text.lines().enumerate() {
-            let at = format!("{} line {}", path.display(), i + 1);
-            let r = match serde_json::from_str::<AuditRecord>(line) {
-                Ok(r) => r,
-                Err(_) => {
-                    problems.push(format!("{at}: not a valid audit record (line edited or cut)"));
-                    continue;
-                }
+        each_line(path, |n, line| {
+            let at = format!("{} line {n}", path.display());
+            let Some(r) = line.and_then(|l| serde_json::from_str::<AuditRecord>(l).ok()) else {
+                problems.push(format!("{at}: not a valid audit record (line edited or cut)"));
+                return;
             };
             file_records += 1;
             seen_in_files.insert(r.writer_id.clone());
@@ -250,11 +270,12 @@ pub async fn verify_sources(
                     "{at}: writer `{}` seq {} is not in the database (database truncated, or line forged)",
                     r.writer_id, r.seq
                 )),
-                Some(d) if d.hash != r.hash => problems
+                Some(hash) if hash != r.hash => problems
                     .push(format!("{at}: writer `{}` seq {} differs from the database record", r.writer_id, r.seq)),
                 Some(_) => {}
             }
-        }
+        })
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     }
     let mut files_elsewhere = Vec::new();
     for (writer, chain) in &db {
@@ -265,7 +286,7 @@ pub async fn verify_sources(
             continue;
         }
         let file_last = walks.get(writer).map(|(w, _)| w.expected - 1).unwrap_or(0);
-        let db_last = chain.last().map(|r| r.seq).unwrap_or(0);
+        let db_last = chain.last().map(|r| r.0).unwrap_or(0);
         if file_last < db_last {
             let where_ = walks.get(writer).map(|(_, at)| format!(" after {at}")).unwrap_or_default();
             problems.push(format!(

@@ -668,6 +668,17 @@ fn audit_verify_passes_untouched_and_names_the_first_broken_link_of_each_tamperi
             vec![format!("line {k}:"), format!("seq {seq_k}: content does not match its hash")],
         ),
         (
+            "jsonl: a byte of line k replaced by one that is not UTF-8",
+            Box::new(move |d| {
+                let p = file_at(d);
+                let mut bytes = std::fs::read(&p).unwrap();
+                let start: usize = read_lines(&p)[..k - 1].iter().map(|l| l.len() + 1).sum();
+                bytes[start + 20] = 0xff;
+                std::fs::write(&p, bytes).unwrap();
+            }),
+            vec![format!("line {k}: not a valid audit record")],
+        ),
+        (
             "jsonl: line k deleted",
             Box::new(move |d| {
                 let p = file_at(d);
