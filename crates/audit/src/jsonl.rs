@@ -102,3 +102,25 @@ pub fn audit_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     files.sort();
     Ok(files)
 }
+
+/// Calls `f` with each line of `path` (without its line end) and its number from 1, until `f`
+/// answers `false`; a line that is not UTF-8 comes as `None` (it cannot be a record). Read a line
+/// at a time: a busy day's file may be larger than memory allows.
+pub(crate) fn each_line(path: &Path, mut f: impl FnMut(usize, Option<&str>) -> bool) -> std::io::Result<()> {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+    let mut buf = Vec::new();
+    let mut n = 0;
+    loop {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf)? == 0 {
+            return Ok(());
+        }
+        n += 1;
+        let bytes = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        if !f(n, std::str::from_utf8(bytes).ok()) {
+            return Ok(());
+        }
+    }
+}

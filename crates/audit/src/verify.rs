@@ -15,7 +15,7 @@
 //! chains that must be whole in the directories given (the instances found there). Other
 //! chains' lines that are found are still checked record by record against the database; a
 //! chain with no lines here is listed as kept elsewhere, not reported as truncated.
-use crate::jsonl::audit_files;
+use crate::jsonl::{audit_files, each_line};
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use portcullis_core::audit::{AuditRecord, GENESIS_HASH, checkpoint_message};
 use portcullis_store::{AuditStore, Checkpoint};
@@ -98,25 +98,6 @@ type SeqHashes = Vec<(u64, String)>;
 /// every later record look different).
 fn by_seq(chain: &[(u64, String)], seq: u64) -> Option<&str> {
     chain.binary_search_by_key(&seq, |r| r.0).ok().and_then(|i| chain.get(i)).map(|r| r.1.as_str())
-}
-
-/// Calls `f` with each line of `path` and its number (from 1); a line that is not UTF-8 comes as
-/// `None`. Read a line at a time: a day's file may be larger than memory allows.
-fn each_line(path: &Path, mut f: impl FnMut(usize, Option<&str>)) -> std::io::Result<()> {
-    use std::io::BufRead;
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
-    let mut buf = Vec::new();
-    let mut n = 0;
-    loop {
-        buf.clear();
-        if reader.read_until(b'\n', &mut buf)? == 0 {
-            return Ok(());
-        }
-        n += 1;
-        let bytes = buf.strip_suffix(b"\n").unwrap_or(&buf);
-        let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
-        f(n, std::str::from_utf8(bytes).ok());
-    }
 }
 
 /// Verifies the database log against the files of one audit directory that holds every chain.
@@ -236,7 +217,7 @@ pub async fn verify_sources(
             let at = format!("{} line {n}", path.display());
             let Some(r) = line.and_then(|l| serde_json::from_str::<AuditRecord>(l).ok()) else {
                 problems.push(format!("{at}: not a valid audit record (line edited or cut)"));
-                return;
+                return true;
             };
             file_records += 1;
             seen_in_files.insert(r.writer_id.clone());
@@ -274,6 +255,7 @@ pub async fn verify_sources(
                     .push(format!("{at}: writer `{}` seq {} differs from the database record", r.writer_id, r.seq)),
                 Some(_) => {}
             }
+            true
         })
         .map_err(|e| format!("{}: {e}", path.display()))?;
     }

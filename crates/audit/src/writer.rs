@@ -516,27 +516,6 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Calls `f` with every line of the file (without its newline) until it answers `false`. A line
-/// that is not UTF-8 cannot be a record and is skipped; a file that cannot be read is an error.
-fn for_each_line(path: &std::path::Path, mut f: impl FnMut(&str) -> bool) -> std::io::Result<()> {
-    use std::io::BufRead;
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        if reader.read_until(b'\n', &mut buf)? == 0 {
-            return Ok(());
-        }
-        let bytes = buf.strip_suffix(b"\n").unwrap_or(&buf);
-        let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
-        if let Ok(line) = std::str::from_utf8(bytes)
-            && !f(line)
-        {
-            return Ok(());
-        }
-    }
-}
-
 /// Writer and seq of a record's line, read off its start as the log writes it
 /// (`{"writer_id":"…","seq":N,…`); `None` for a line of any other shape (parse it whole).
 fn line_position(line: &str) -> Option<(&str, u64)> {
@@ -583,8 +562,8 @@ async fn recover(store: &dyn AuditStore, sink: &JsonlSink, writer_id: &str) -> R
     let mut first = 0;
     for (i, path) in files.iter().enumerate().rev() {
         let mut found = false;
-        let _ = for_each_line(path, |line| {
-            found = holds_head(line);
+        let _ = crate::jsonl::each_line(path, |_, line| {
+            found = line.is_some_and(holds_head);
             !found
         });
         if found {
@@ -595,7 +574,8 @@ async fn recover(store: &dyn AuditStore, sink: &JsonlSink, writer_id: &str) -> R
     let (mut expected, mut prev, mut imported) = (head_seq + 1, head_hash, 0usize);
     for path in files.iter().skip(first) {
         let mut ahead = Vec::new();
-        let _ = for_each_line(path, |line| {
+        let _ = crate::jsonl::each_line(path, |_, line| {
+            let Some(line) = line else { return true };
             let past_head = match line_position(line) {
                 Some((w, seq)) => w == writer_id && seq > head_seq,
                 None => true,

@@ -566,47 +566,40 @@ impl RedisLimiter {
     async fn send_decision(&self, lane: &Lane, cmd: &::redis::Cmd) -> Result<Vec<i64>, Unavailable> {
         let mut conn = lane.conn.clone();
         let started = std::time::Instant::now();
-        let left = || self.timeout.saturating_sub(started.elapsed());
-        let first = match tokio::time::timeout(self.timeout, cmd.query_async::<Vec<i64>>(&mut conn)).await {
-            Err(_) => return Err(Unavailable::Timeout),
-            Ok(r) => r,
-        };
-        let e = match first {
-            Ok(reply) => return Ok(reply),
-            Err(e) => e,
-        };
-        if e.kind() == ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoScript) {
-            let load = async {
-                self.admit.load_async(&mut conn).await?;
-                cmd.query_async::<Vec<i64>>(&mut conn).await
-            };
-            return tokio::time::timeout(left(), load)
-                .await
-                .map_err(|_| Unavailable::Timeout)?
-                .map_err(|e| self.failed(e));
+        let first = tokio::time::timeout(self.timeout, self.run_admit(&mut conn, cmd)).await;
+        match first.map_err(|_| Unavailable::Timeout)? {
+            Ok(reply) => Ok(reply),
+            // This thread's connection was dropped since its last use (Redis restarted, an idle
+            // connection closed by the server or the network). The manager is reconnecting: try
+            // once more within what is left of the same timeout and deadline, instead of
+            // degrading the whole instance for one stale connection. Should the first attempt
+            // have run after all, the retry holds the same lease (a set member, added once) and
+            // at most uses one more cell of rate: never over-admission.
+            Err(e)
+                if e.is_connection_dropped()
+                    || e.is_io_error()
+                    || e.is_connection_refusal()
+                    || e.is_unrecoverable_error() =>
+            {
+                let left = self.timeout.saturating_sub(started.elapsed());
+                tokio::time::timeout(left, self.run_admit(&mut conn, cmd))
+                    .await
+                    .map_err(|_| Unavailable::Timeout)?
+                    .map_err(|e| self.failed(e))
+            }
+            Err(e) => Err(self.failed(e)),
         }
-        // This thread's connection was dropped since its last use (Redis restarted, an idle
-        // connection closed by the server or the network). The manager is reconnecting: try
-        // once more within what is left of the same timeout and deadline, instead of degrading
-        // the whole instance for one stale connection. Should the first attempt have run after
-        // all, the retry holds the same lease (a set member, added once) and at most uses one
-        // more cell of rate: never over-admission.
-        if e.is_connection_dropped() || e.is_io_error() || e.is_connection_refusal() || e.is_unrecoverable_error() {
-            let again = async {
-                match cmd.query_async::<Vec<i64>>(&mut conn).await {
-                    Err(e) if e.kind() == ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoScript) => {
-                        self.admit.load_async(&mut conn).await?;
-                        cmd.query_async::<Vec<i64>>(&mut conn).await
-                    }
-                    r => r,
-                }
-            };
-            return tokio::time::timeout(left(), again)
-                .await
-                .map_err(|_| Unavailable::Timeout)?
-                .map_err(|e| self.failed(e));
+    }
+
+    /// Runs a decision's `EVALSHA`; a Redis without the script (NOSCRIPT) gets it loaded first.
+    async fn run_admit(&self, conn: &mut ConnectionManager, cmd: &::redis::Cmd) -> ::redis::RedisResult<Vec<i64>> {
+        match cmd.query_async(conn).await {
+            Err(e) if e.kind() == ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoScript) => {
+                self.admit.load_async(conn).await?;
+                cmd.query_async(conn).await
+            }
+            r => r,
         }
-        Err(self.failed(e))
     }
 
     /// One decision in one round trip; `Err` when Redis is unreachable or too slow.
