@@ -150,6 +150,10 @@ pub struct AppState {
     pub routes: Arc<proxy::RouteTable>,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     pub tenant_labels: Arc<metrics::TenantLabels>,
+    /// Work a request leaves running after its response (reading the rest of a JSON answer
+    /// whose client left, for its usage): each edge thread drives its share of it to the end
+    /// before it stops, within the shutdown grace.
+    pub background: tokio_util::task::TaskTracker,
 }
 
 #[derive(OpenApi)]
@@ -223,6 +227,7 @@ pub fn app(
         routes: Arc::new(routes),
         metrics: metrics::install(),
         tenant_labels: Arc::new(metrics::TenantLabels::default()),
+        background: tokio_util::task::TaskTracker::new(),
     };
     // Anything that is not an API route is matched against the configured proxy routes.
     let router = api

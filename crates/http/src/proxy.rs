@@ -469,6 +469,8 @@ struct SlotBody {
     ended: bool,
     _slot: Option<Slot>,
     _in_flight: Option<InFlight>,
+    /// Where `Drop` spawns that read, so that a stopping server finishes it.
+    background: tokio_util::task::TaskTracker,
 }
 
 /// A request's usage, recorded when dropped (the body ended, failed, or the client left).
@@ -606,15 +608,18 @@ impl Drop for SlotBody {
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
             let idle = self.idle;
-            rt.spawn(async move {
-                use http_body_util::BodyExt;
-                while let Ok(Some(Ok(frame))) = tokio::time::timeout(idle, inner.frame()).await {
-                    if let Ok(data) = frame.into_data() {
-                        scanner.push(data, &mut tap.usage);
+            self.background.spawn_on(
+                async move {
+                    use http_body_util::BodyExt;
+                    while let Ok(Some(Ok(frame))) = tokio::time::timeout(idle, inner.frame()).await {
+                        if let Ok(data) = frame.into_data() {
+                            scanner.push(data, &mut tap.usage);
+                        }
                     }
-                }
-                scanner.finish(&mut tap.usage);
-            });
+                    scanner.finish(&mut tap.usage);
+                },
+                &rt,
+            );
             return;
         }
         if let (Some(s), Some(t)) = (self.scanner.as_mut(), self.tap.as_mut()) {
@@ -1159,6 +1164,7 @@ async fn forward(
         ended: false,
         _slot: admission.slot,
         _in_flight: in_flight,
+        background: app.background.clone(),
     });
     Ok(Response::from_parts(rparts, body))
 }

@@ -157,10 +157,27 @@ fn start_edge(
                 }
             }
             // No new connections; let the open ones finish their requests, within the grace.
+            let grace = tokio::time::sleep(settings.shutdown_grace);
+            tokio::pin!(grace);
             tokio::select! {
                 () = graceful.shutdown() => {}
-                () = tokio::time::sleep(settings.shutdown_grace) => {
+                () = &mut grace => {
                     tracing::warn!("shutdown grace period over; closing remaining connections");
+                    return;
+                }
+            }
+            // Then what the requests left running (the rest of an answer whose client left,
+            // read for its usage): it runs on this thread's runtime, which stops when this
+            // returns. The tracker spans every edge; each drives its own tasks meanwhile.
+            let background = &app.state().background;
+            background.close();
+            tokio::select! {
+                () = background.wait() => {}
+                () = &mut grace => {
+                    tracing::warn!(
+                        tasks = background.len(),
+                        "shutdown grace period over; answers still being read are recorded without their token counts"
+                    );
                 }
             }
         });

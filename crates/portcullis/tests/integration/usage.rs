@@ -268,9 +268,38 @@ fn model_metrics_match_the_traffic_sent() {
 /// connection that belonged to it, are gone by then).
 #[test]
 fn a_json_answer_the_client_left_is_still_counted() {
-    use std::io::{Read, Write};
     let g = llm("pro");
-    let body = json!({"model": "left", "max_tokens": 9, "body_delay_ms": 300,
+    ask_and_leave_after_the_head(&g, "left", 300);
+    let mut last = Value::Null;
+    let counted = crate::harness::eventually(std::time::Duration::from_secs(10), || {
+        last = usage(&g, "group_by=model&model=left");
+        last["totals"]["output_tokens"] == 9
+    });
+    assert!(counted, "the answer's tokens are counted: {last}");
+    assert_eq!(last["totals"]["input_tokens"], 3, "{last}");
+    assert_eq!(last["totals"]["requests"], 1, "{last}");
+}
+
+#[test]
+fn a_json_answer_the_client_left_is_counted_when_the_server_stops_meanwhile() {
+    let mut g = llm("pro");
+    ask_and_leave_after_the_head(&g, "left-at-stop", 1500);
+    // Let the server see the client go, then stop it while the answer's body is still on its
+    // way: the stop waits for that read (within its grace) before the last usage is written.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    g.s.restart();
+    g.op = g.s.operator_token();
+    let last = usage(&g, "group_by=model&model=left-at-stop");
+    assert_eq!(last["totals"]["requests"], 1, "{last}");
+    assert_eq!(last["totals"]["output_tokens"], 9, "the answer's tokens are counted: {last}");
+    assert_eq!(last["totals"]["input_tokens"], 3, "{last}");
+}
+
+/// Sends a chat request for `model` whose answer's body the upstream holds `delay_ms` behind its
+/// head (9 completion tokens, 3 prompt ones), reads the head, and closes the connection.
+fn ask_and_leave_after_the_head(g: &Llm, model: &str, delay_ms: u64) {
+    use std::io::{Read, Write};
+    let body = json!({"model": model, "max_tokens": 9, "body_delay_ms": delay_ms,
                       "messages": [{"role": "user", "content": "abc"}]})
     .to_string();
     let addr = g.s.base.trim_start_matches("http://").to_owned();
@@ -283,7 +312,6 @@ fn a_json_answer_the_client_left_is_still_counted() {
         body.len()
     )
     .unwrap();
-    // Read the head (the body is 300 ms behind it), then leave.
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -291,13 +319,4 @@ fn a_json_answer_the_client_left_is_still_counted() {
         head.push(byte[0]);
     }
     assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
-    drop(c);
-    let mut last = Value::Null;
-    let counted = crate::harness::eventually(std::time::Duration::from_secs(10), || {
-        last = usage(&g, "group_by=model&model=left");
-        last["totals"]["output_tokens"] == 9
-    });
-    assert!(counted, "the answer's tokens are counted: {last}");
-    assert_eq!(last["totals"]["input_tokens"], 3, "{last}");
-    assert_eq!(last["totals"]["requests"], 1, "{last}");
 }
