@@ -469,8 +469,9 @@ struct SlotBody {
     ended: bool,
     _slot: Option<Slot>,
     _in_flight: Option<InFlight>,
-    /// Where `Drop` spawns that read, so that a stopping server finishes it.
-    background: tokio_util::task::TaskTracker,
+    /// Where `Drop` spawns that read, so that a stopping server finishes it (`openai` routes
+    /// only: a clone is a write to a count every core shares).
+    background: Option<tokio_util::task::TaskTracker>,
 }
 
 /// A request's usage, recorded when dropped (the body ended, failed, or the client left).
@@ -606,9 +607,10 @@ impl Drop for SlotBody {
             && let (Some(mut scanner), Some(mut inner), Some(mut tap)) =
                 (self.scanner.take(), self.inner.take(), self.tap.take())
             && let Ok(rt) = tokio::runtime::Handle::try_current()
+            && let Some(background) = self.background.take()
         {
             let idle = self.idle;
-            self.background.spawn_on(
+            background.spawn_on(
                 async move {
                     use http_body_util::BodyExt;
                     while let Ok(Some(Ok(frame))) = tokio::time::timeout(idle, inner.frame()).await {
@@ -1154,6 +1156,7 @@ async fn forward(
         // The gateway takes its usage chunk out of the stream: the length changes.
         rparts.headers.remove(header::CONTENT_LENGTH);
     }
+    let scanner_present = scanner.is_some();
     let body = Body::new(SlotBody {
         inner: Some(rbody),
         idle,
@@ -1164,7 +1167,7 @@ async fn forward(
         ended: false,
         _slot: admission.slot,
         _in_flight: in_flight,
-        background: app.background.clone(),
+        background: scanner_present.then(|| app.background.clone()),
     });
     Ok(Response::from_parts(rparts, body))
 }
