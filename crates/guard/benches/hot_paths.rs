@@ -1,5 +1,6 @@
 //! Hot-path benchmarks: API-key verification (format check, HMAC, cached lookup, tenant state)
-//! and audit append (single event and group-committed bursts, with and without fsync).
+//! audit append (single event and group-committed bursts, with and without fsync) and the query
+//! index's import.
 //! Run: `cargo bench -p portcullis-guard`. Under `cargo test` each runs once as a smoke test.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "benchmark setup fails loudly")]
 
@@ -204,4 +205,28 @@ fn cidr_lookup(b: Bencher, n: u32) {
     let probes: Vec<std::net::IpAddr> =
         ["10.0.3.7", "192.0.2.1", "2001:db8:7::1", "2001:db9::1"].iter().map(|s| s.parse().unwrap()).collect();
     b.bench(|| probes.iter().filter(|ip| set.contains(**ip)).count());
+}
+
+/// The query index's import of acknowledged records (the audit writer's thread does this once
+/// per batch, ~20 ms behind the log): SQLite, per row, into a table that keeps growing.
+#[divan::bench(sample_count = 300, sample_size = 1)]
+fn audit_index_import_1024(b: Bencher) {
+    use portcullis_core::audit::AuditRecord;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let store = rt.block_on(SqliteAuditStore::open(&dir.path().join("audit.db"), false)).unwrap();
+    let mut seq = 0u64;
+    let mut prev = String::from(portcullis_core::audit::GENESIS_HASH);
+    b.counter(divan::counter::ItemsCount::new(1024usize))
+        .with_inputs(|| {
+            (0..1024)
+                .map(|_| {
+                    seq += 1;
+                    let r = AuditRecord::chain("bench", seq, &prev, event());
+                    prev.clone_from(&r.hash);
+                    r
+                })
+                .collect::<Vec<_>>()
+        })
+        .bench_local_values(|records| rt.block_on(store.import(&records)).unwrap());
 }

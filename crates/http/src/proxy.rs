@@ -843,7 +843,8 @@ pub(crate) async fn handle(
     peer: std::net::SocketAddr,
     conn: crate::server::ConnState,
 ) -> Response {
-    let ctx = crate::middleware::EdgeCtx::begin(app, req.headers(), Some(peer.ip()), None);
+    // The route labels the request's metrics (no response extension to carry it).
+    let ctx = crate::middleware::EdgeCtx::begin(app, req.headers(), Some(peer.ip()), Some(route.cfg.prefix.clone()));
     if let Some(refused) = ctx.refusal(app).await {
         return ctx.finish(app, refused);
     }
@@ -851,7 +852,7 @@ pub(crate) async fn handle(
     let limit = app.settings.max_body_bytes;
     let declared =
         parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    let mut res = if declared.is_some_and(|n| n > limit as u64) {
+    let res = if declared.is_some_and(|n| n > limit as u64) {
         ApiError::PayloadTooLarge.into_response()
     } else {
         // Also holds for bodies streamed without Content-Length: the limit cuts them off.
@@ -861,7 +862,6 @@ pub(crate) async fn handle(
             Err(e) => e.into_response(),
         }
     };
-    res.extensions_mut().insert(RouteLabel(route.cfg.prefix.clone()));
     ctx.finish(app, res)
 }
 

@@ -54,21 +54,34 @@ impl LocalLimiter {
         Self::default()
     }
 
-    fn bucket(&self, key: String, per: u32, period: Period) -> Arc<Rate> {
-        if let Some(r) = self.rates.get(&key)
-            && r.per == per
-        {
-            return r.clone();
+    /// The bucket of the key spelled by `parts` (one lookup in a reused buffer; the key is
+    /// allocated only when the bucket is made).
+    fn bucket(&self, parts: &[&str], per: u32, period: Period) -> Arc<Rate> {
+        thread_local! {
+            static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
         }
-        let n = NonZeroU32::new(per.max(1)).unwrap_or(NonZeroU32::MIN);
-        let quota = match period {
-            Period::Minute => Quota::per_minute(n),
-            Period::Second => Quota::per_second(n),
-        };
-        let r =
-            Arc::new(Rate { per, bucket: RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>() });
-        self.rates.insert(key, r.clone());
-        r
+        KEY.with_borrow_mut(|key| {
+            key.clear();
+            for p in parts {
+                key.push_str(p);
+            }
+            if let Some(r) = self.rates.get(key.as_str())
+                && r.per == per
+            {
+                return r.clone();
+            }
+            let n = NonZeroU32::new(per.max(1)).unwrap_or(NonZeroU32::MIN);
+            let quota = match period {
+                Period::Minute => Quota::per_minute(n),
+                Period::Second => Quota::per_second(n),
+            };
+            let r = Arc::new(Rate {
+                per,
+                bucket: RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>(),
+            });
+            self.rates.insert(key.clone(), r.clone());
+            r
+        })
     }
 
     /// Takes one cell; on refusal returns the seconds until one is free.
@@ -100,11 +113,11 @@ impl Limiter for LocalLimiter {
 
     async fn admit(&self, req: &LimitRequest<'_>) -> Result<Admission, Rejection> {
         let l = req.limits;
-        let tenant_rate = self.bucket(format!("t:{}", req.tenant), l.tenant_per_minute, Period::Minute);
+        let tenant_rate = self.bucket(&["t:", req.tenant], l.tenant_per_minute, Period::Minute);
         let mut info = RateInfo { limit: l.tenant_per_minute, remaining: 0, reset_secs: 60 };
         let reject = |kind, retry_after_secs, rate| Err(Rejection { kind, retry_after_secs, rate });
         if let Some(g) = l.global_per_second {
-            let b = self.bucket(String::from("g"), g, Period::Second);
+            let b = self.bucket(&["g"], g, Period::Second);
             if let Err(wait) = self.take(&b) {
                 return reject(LimitKind::Global, wait, info);
             }
@@ -119,22 +132,25 @@ impl Limiter for LocalLimiter {
                 return reject(LimitKind::Tenant, wait, info);
             }
         }
-        let p = self.bucket(format!("p:{}:{}", req.tenant, req.principal), l.principal_per_minute, Period::Minute);
+        let p = self.bucket(&["p:", req.tenant, ":", req.principal], l.principal_per_minute, Period::Minute);
         if let Err(wait) = self.take(&p) {
             return reject(LimitKind::Principal, wait, info);
         }
         if let Some(per) = l.route_per_minute {
-            let r = self.bucket(format!("r:{}:{}", req.tenant, req.route), per, Period::Minute);
+            let r = self.bucket(&["r:", req.tenant, ":", req.route], per, Period::Minute);
             if let Err(wait) = self.take(&r) {
                 return reject(LimitKind::Route, wait, info);
             }
         }
         let slot = if req.hold_slot {
             let sem = {
-                let mut pool = self.pools.entry(req.tenant.to_owned()).or_insert_with(|| Pool {
-                    cap: l.concurrency,
-                    sem: Arc::new(Semaphore::new(l.concurrency as usize)),
-                });
+                let mut pool = match self.pools.get_mut(req.tenant) {
+                    Some(p) => p,
+                    None => self.pools.entry(req.tenant.to_owned()).or_insert_with(|| Pool {
+                        cap: l.concurrency,
+                        sem: Arc::new(Semaphore::new(l.concurrency as usize)),
+                    }),
+                };
                 if pool.cap != l.concurrency {
                     // A changed cap starts a new pool; slots held on the old one drain with their requests.
                     *pool = Pool { cap: l.concurrency, sem: Arc::new(Semaphore::new(l.concurrency as usize)) };
@@ -149,7 +165,10 @@ impl Limiter for LocalLimiter {
             None
         };
         let today = req.now_ms.div_euclid(86_400_000);
-        let mut day = self.days.entry(req.tenant.to_owned()).or_insert(Day { day: today, used: 0 });
+        let mut day = match self.days.get_mut(req.tenant) {
+            Some(d) => d,
+            None => self.days.entry(req.tenant.to_owned()).or_insert(Day { day: today, used: 0 }),
+        };
         if day.day != today {
             *day = Day { day: today, used: 0 };
         }
