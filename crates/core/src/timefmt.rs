@@ -46,6 +46,7 @@ pub fn rfc3339_ms(unix_ms: i64) -> String {
     out[19] = b'.';
     digits(&mut out[20..23], u32::from(t.millisecond()));
     out[23] = b'Z';
+    // Only ASCII digits and separators were written: the conversion cannot fail.
     std::str::from_utf8(&out).map(str::to_owned).unwrap_or_default()
 }
 

@@ -97,6 +97,11 @@ impl EdgeCtx {
         }
     }
 
+    /// Names the route the request's metrics are counted under.
+    pub(crate) fn label(&mut self, route: String) {
+        self.matched = Some(route);
+    }
+
     /// The edge's own refusals, before any route runs: a client address the global lists do not
     /// allow (audited), and Content-Length with Transfer-Encoding (request smuggling).
     pub(crate) async fn refusal(&self, app: &crate::AppState) -> Option<Response> {
@@ -123,9 +128,19 @@ impl EdgeCtx {
         None
     }
 
-    pub(crate) fn finish(self, app: &crate::AppState, mut res: Response) -> Response {
-        let status = res.status();
+    pub(crate) fn finish(self, app: &crate::AppState, res: Response) -> Response {
         let proxied = res.extensions().get::<crate::proxy::Proxied>().is_some();
+        self.close(app, res, proxied)
+    }
+
+    /// [`EdgeCtx::finish`] for a response that came from the upstream (or carries the proxy's
+    /// own problem): an upstream's error bodies are passed through, not replaced.
+    pub(crate) fn finish_proxied(self, app: &crate::AppState, res: Response) -> Response {
+        self.close(app, res, true)
+    }
+
+    fn close(self, app: &crate::AppState, mut res: Response, proxied: bool) -> Response {
+        let status = res.status();
         let problem = res.extensions_mut().remove::<Problem>();
         let is_problem_json = res
             .headers()

@@ -472,8 +472,8 @@ struct SlotBody {
     ended: bool,
     _slot: Option<Slot>,
     _in_flight: Option<InFlight>,
-    /// Where `Drop` spawns that read, so that a stopping server finishes it (`openai` routes
-    /// only: a clone is a write to a count every core shares).
+    /// Where `Drop` spawns that read, so that a stopping server finishes it (JSON answers of
+    /// `openai` routes only: a clone is a write to a count every core shares).
     background: Option<tokio_util::task::TaskTracker>,
 }
 
@@ -604,13 +604,12 @@ impl Drop for SlotBody {
         // read the rest of it in the background (bounded by the idle timeout and the scanner's
         // size cap) so its usage is recorded. A stream is cut instead (the upstream stops
         // generating); its usage is unknown and the tap charges what was reserved.
-        if let (Some(crate::openai::Scanner::Json { .. }), Some(inner), Some(_)) =
-            (&self.scanner, self.inner.as_ref(), self.tap.as_ref())
+        if let (Some(crate::openai::Scanner::Json { .. }), Some(inner), Some(_), Some(_)) =
+            (&self.scanner, self.inner.as_ref(), self.tap.as_ref(), self.background.as_ref())
             && !http_body::Body::is_end_stream(inner)
-            && let (Some(mut scanner), Some(mut inner), Some(mut tap)) =
-                (self.scanner.take(), self.inner.take(), self.tap.take())
             && let Ok(rt) = tokio::runtime::Handle::try_current()
-            && let Some(background) = self.background.take()
+            && let (Some(mut scanner), Some(mut inner), Some(mut tap), Some(background)) =
+                (self.scanner.take(), self.inner.take(), self.tap.take(), self.background.take())
         {
             let idle = self.idle;
             background.spawn_on(
@@ -829,7 +828,10 @@ pub async fn proxy(State(app): State<AppState>, req: Request) -> Response {
     let tenant = parts.extensions.get::<TenantCell>().cloned().unwrap_or_default();
     let conn = parts.extensions.get::<crate::server::ConnState>().cloned();
     let mut res = match forward(&app, &route, parts, body, &meta, &tenant, conn.as_deref()).await {
-        Ok(r) => r,
+        Ok(mut r) => {
+            r.extensions_mut().insert(Proxied);
+            r
+        }
         Err(e) => e.into_response(),
     };
     res.extensions_mut().insert(RouteLabel(route.cfg.prefix.clone()));
@@ -846,26 +848,59 @@ pub(crate) async fn handle(
     peer: std::net::SocketAddr,
     conn: crate::server::ConnState,
 ) -> Response {
-    // The route labels the request's metrics (no response extension to carry it).
-    let ctx = crate::middleware::EdgeCtx::begin(app, req.headers(), Some(peer.ip()), Some(route.cfg.prefix.clone()));
+    let mut ctx = crate::middleware::EdgeCtx::begin(app, req.headers(), Some(peer.ip()), None);
     if let Some(refused) = ctx.refusal(app).await {
         return ctx.finish(app, refused);
     }
+    // Past the edge's own refusals (counted as `unmatched`, as on the router's path), the route
+    // labels the request's metrics.
+    ctx.label(route.cfg.prefix.clone());
     let (parts, body) = req.into_parts();
     let limit = app.settings.max_body_bytes;
     let declared =
         parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     let res = if declared.is_some_and(|n| n > limit as u64) {
-        ApiError::PayloadTooLarge.into_response()
+        linger(body);
+        let mut res = ApiError::PayloadTooLarge.into_response();
+        res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        res
     } else {
         // Also holds for bodies streamed without Content-Length: the limit cuts them off.
         let body = Body::new(http_body_util::Limited::new(body, limit));
         match forward(app, route, parts, body, &ctx.meta, &ctx.tenant, Some(&conn)).await {
-            Ok(r) => r,
+            Ok(r) => return ctx.finish_proxied(app, r),
             Err(e) => e.into_response(),
         }
     };
     ctx.finish(app, res)
+}
+
+/// What a refused request body may still send, and for how long, before its connection closes.
+const LINGER_BYTES: usize = 64 * 1024 * 1024;
+const LINGER_TIME: Duration = Duration::from_secs(5);
+
+/// Reads and discards the rest of a request body the gateway refused without reading (a declared
+/// length over the limit), within [`LINGER_BYTES`] and [`LINGER_TIME`]. Closing the connection
+/// with the client's bytes unread resets it, and a client still sending then sees a broken pipe
+/// instead of the 413 (nginx's lingering close does the same).
+fn linger(body: hyper::body::Incoming) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+    rt.spawn(async move {
+        use http_body_util::BodyExt;
+        let mut body = body;
+        let mut read = 0usize;
+        let deadline = crate::timer::CoarseSleep::after(LINGER_TIME);
+        tokio::pin!(deadline);
+        while read <= LINGER_BYTES {
+            tokio::select! {
+                frame = body.frame() => match frame {
+                    Some(Ok(f)) => read += f.data_ref().map_or(0, bytes::Buf::remaining),
+                    _ => return,
+                },
+                () = &mut deadline => return,
+            }
+        }
+    });
 }
 
 /// Phases, in order: authenticate → tenant guard → permission → route scope → limits → audit
@@ -1142,13 +1177,14 @@ async fn forward(
     };
     let (mut rparts, rbody) = res.into_parts();
     strip_response_headers(&mut rparts.headers);
+    // Room for what the gateway adds (rate, request id, security headers) in one growth.
+    rparts.headers.reserve(12);
     rate_headers(&mut rparts.headers, &admission.rate);
     if !budget_warnings.is_empty()
         && let Ok(v) = HeaderValue::from_str(&budget_warnings.join(", "))
     {
         rparts.headers.insert(X_PORTCULLIS_BUDGET_WARNING.clone(), v);
     }
-    rparts.extensions.insert(Proxied);
     let in_flight = grant.principal.tenant_id.as_ref().map(|t| InFlight::start(&app.tenant_labels, t.as_str()));
     let idle = Duration::from_secs(route.cfg.idle_timeout_secs);
     let scanner = openai_req.as_ref().map(|info| {
@@ -1159,7 +1195,7 @@ async fn forward(
         // The gateway takes its usage chunk out of the stream: the length changes.
         rparts.headers.remove(header::CONTENT_LENGTH);
     }
-    let scanner_present = scanner.is_some();
+    let reads_on = matches!(scanner, Some(crate::openai::Scanner::Json { .. }));
     let body = Body::new(SlotBody {
         inner: Some(rbody),
         idle,
@@ -1170,7 +1206,7 @@ async fn forward(
         ended: false,
         _slot: admission.slot,
         _in_flight: in_flight,
-        background: scanner_present.then(|| app.background.clone()),
+        background: reads_on.then(|| app.background.clone()),
     });
     Ok(Response::from_parts(rparts, body))
 }

@@ -168,7 +168,10 @@ fn start_edge(
             }
             // Then what the requests left running (the rest of an answer whose client left,
             // read for its usage): it runs on this thread's runtime, which stops when this
-            // returns. The tracker spans every edge; each drives its own tasks meanwhile.
+            // returns. The tracker spans every edge; each drives its own tasks meanwhile. (Such
+            // a read over the HTTP/1 caller's own upstream connection is driven here; one over a
+            // connection of the shared pool, used by multiplexed callers, may be driven by an
+            // edge that has already stopped, and is then recorded without its token counts.)
             let background = &app.state().background;
             background.close();
             tokio::select! {
