@@ -194,6 +194,51 @@ fn ip_text(ip: std::net::IpAddr) -> String {
     out
 }
 
+/// Whether the request declares a body longer than `limit` (refused before reading it).
+pub(crate) fn declared_over(headers: &HeaderMap, limit: usize) -> bool {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > limit as u64)
+}
+
+/// What a refused request body may still send, and for how long, before its connection closes.
+const LINGER_BYTES: usize = 64 * 1024 * 1024;
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The 413 of a body refused for its declared length, unread. The rest of the body is read and
+/// discarded in the background within [`LINGER_BYTES`] and [`LINGER_TIME`], and the connection
+/// closes after: closing it with the client's bytes unread resets it, and a client still sending
+/// then sees a broken pipe instead of the 413 (nginx's lingering close does the same).
+pub(crate) fn refuse_unread<B>(body: B) -> Response
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(async move {
+            use http_body_util::BodyExt;
+            let mut body = std::pin::pin!(body);
+            let mut read = 0usize;
+            let deadline = crate::timer::CoarseSleep::after(LINGER_TIME);
+            tokio::pin!(deadline);
+            while read <= LINGER_BYTES {
+                tokio::select! {
+                    frame = body.frame() => match frame {
+                        Some(Ok(f)) => read += f.data_ref().map_or(0, bytes::Buf::remaining),
+                        _ => return,
+                    },
+                    () = &mut deadline => return,
+                }
+            }
+        });
+    }
+    let mut res = ApiError::PayloadTooLarge.into_response();
+    res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    res
+}
+
 pub async fn edge(State(app): State<crate::AppState>, mut req: Request, next: Next) -> Response {
     let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
     let matched = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
@@ -202,6 +247,7 @@ pub async fn edge(State(app): State<crate::AppState>, mut req: Request, next: Ne
     req.extensions_mut().insert(ctx.tenant.clone());
     let res = match ctx.refusal(&app).await {
         Some(r) => r,
+        None if declared_over(req.headers(), app.settings.max_body_bytes) => refuse_unread(req.into_body()),
         None => next.run(req).await,
     };
     ctx.finish(&app, res)

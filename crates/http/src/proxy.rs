@@ -857,13 +857,8 @@ pub(crate) async fn handle(
     ctx.label(route.cfg.prefix.clone());
     let (parts, body) = req.into_parts();
     let limit = app.settings.max_body_bytes;
-    let declared =
-        parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    let res = if declared.is_some_and(|n| n > limit as u64) {
-        linger(body);
-        let mut res = ApiError::PayloadTooLarge.into_response();
-        res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-        res
+    let res = if crate::middleware::declared_over(&parts.headers, limit) {
+        crate::middleware::refuse_unread(body)
     } else {
         // Also holds for bodies streamed without Content-Length: the limit cuts them off.
         let body = Body::new(http_body_util::Limited::new(body, limit));
@@ -873,34 +868,6 @@ pub(crate) async fn handle(
         }
     };
     ctx.finish(app, res)
-}
-
-/// What a refused request body may still send, and for how long, before its connection closes.
-const LINGER_BYTES: usize = 64 * 1024 * 1024;
-const LINGER_TIME: Duration = Duration::from_secs(5);
-
-/// Reads and discards the rest of a request body the gateway refused without reading (a declared
-/// length over the limit), within [`LINGER_BYTES`] and [`LINGER_TIME`]. Closing the connection
-/// with the client's bytes unread resets it, and a client still sending then sees a broken pipe
-/// instead of the 413 (nginx's lingering close does the same).
-fn linger(body: hyper::body::Incoming) {
-    let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
-    rt.spawn(async move {
-        use http_body_util::BodyExt;
-        let mut body = body;
-        let mut read = 0usize;
-        let deadline = crate::timer::CoarseSleep::after(LINGER_TIME);
-        tokio::pin!(deadline);
-        while read <= LINGER_BYTES {
-            tokio::select! {
-                frame = body.frame() => match frame {
-                    Some(Ok(f)) => read += f.data_ref().map_or(0, bytes::Buf::remaining),
-                    _ => return,
-                },
-                () = &mut deadline => return,
-            }
-        }
-    });
 }
 
 /// Phases, in order: authenticate → tenant guard → permission → route scope → limits → audit
