@@ -361,15 +361,25 @@ async fn redis_a_server_without_the_script_gets_it_loaded_by_the_decision() {
     let client = ::redis::Client::open(redis_url()).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
     let hash = ::redis::Script::new(ADMIT).get_hash().to_owned();
-    let _: () = ::redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut c).await.unwrap();
-    let known: Vec<i64> = ::redis::cmd("SCRIPT").arg("EXISTS").arg(&hash).query_async(&mut c).await.unwrap();
-    assert_eq!(known, [0]);
-    let a = lim.admit(&req("t", &l, true)).await.unwrap_or_else(|r| panic!("refused: {r:?}"));
-    assert!(a.slot.is_some());
+    // The script cache is the server's, shared with the tests running beside this one: one of
+    // them may load the script again between the flush and this decision. Flush until this
+    // decision is the one that found it missing.
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let _: () = ::redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut c).await.unwrap();
+        let loads = lim.script_loads();
+        let a = lim.admit(&req("t", &l, true)).await.unwrap_or_else(|r| panic!("refused: {r:?}"));
+        assert!(a.slot.is_some());
+        held.push(a);
+        if lim.script_loads() > loads {
+            break;
+        }
+    }
+    assert!(lim.script_loads() > 0, "a decision found the script missing and loaded it");
     let known: Vec<i64> = ::redis::cmd("SCRIPT").arg("EXISTS").arg(&hash).query_async(&mut c).await.unwrap();
     assert_eq!(known, [1], "the decision loaded the admit script");
     let n: i64 = ::redis::cmd("ZCARD").arg(format!("{prefix}:slots:t")).query_async(&mut c).await.unwrap();
-    assert_eq!(n, 1, "and took its slot");
+    assert_eq!(usize::try_from(n).unwrap(), held.len(), "and each decision took its slot");
 }
 
 /// An instance that dies holding a slot (no release, no renewal) gives it back at lease expiry.

@@ -308,6 +308,8 @@ pub struct RedisLimiter {
     /// container's gateway may be pid 1).
     instance: String,
     leases: AtomicU64,
+    /// Times a decision found Redis without the admit script and loaded it.
+    script_loads: AtomicU64,
     /// Redis clock minus ours (ms), a lower bound learnt from answers; i64::MIN until known.
     offset_ms: AtomicI64,
     held: Arc<DashMap<String, u32>>,
@@ -358,6 +360,7 @@ impl RedisLimiter {
             timeout: s.timeout,
             instance: random.iter().map(|b| format!("{b:02x}")).collect(),
             leases: AtomicU64::new(0),
+            script_loads: AtomicU64::new(0),
             offset_ms: AtomicI64::new(i64::MIN),
             held: Arc::new(DashMap::new()),
             secrets,
@@ -595,6 +598,8 @@ impl RedisLimiter {
     async fn run_admit(&self, conn: &mut ConnectionManager, cmd: &::redis::Cmd) -> ::redis::RedisResult<Vec<i64>> {
         match cmd.query_async(conn).await {
             Err(e) if e.kind() == ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoScript) => {
+                self.script_loads.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("Redis did not have the admit script (restarted, failed over or flushed); loading it");
                 self.admit.load_async(conn).await?;
                 cmd.query_async(conn).await
             }
@@ -681,6 +686,11 @@ impl RedisLimiter {
     #[cfg(test)]
     pub(crate) fn set_offset_for_test(&self, offset_ms: i64) {
         self.offset_ms.store(offset_ms, Ordering::Relaxed);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn script_loads(&self) -> u64 {
+        self.script_loads.load(Ordering::Relaxed)
     }
 
     /// Releases this thread's lane has not sent yet.
