@@ -373,9 +373,25 @@ fn flush_this_thread() {
         batch.flush_scheduled = false;
         Some((batch.log.clone(), std::mem::take(&mut batch.pending), std::mem::take(&mut batch.waiters)))
     });
-    if let Some((log, events, waiters)) = taken {
-        log.append(events, waiters);
+    let Some((log, events, waiters)) = taken else { return };
+    // With fsync the batch is answered from the syncer thread, and every answer sent from
+    // another thread costs this thread's runtime a wake-up (an eventfd write) of its own: the
+    // syncer answers the batch once, and its requests are answered here.
+    if log.fsync
+        && waiters.len() > 1
+        && let Ok(rt) = tokio::runtime::Handle::try_current()
+    {
+        let (tx, rx) = oneshot::channel();
+        log.append(events, vec![tx]);
+        rt.spawn(async move {
+            let answer = rx.await.unwrap_or_else(|_| Err(AuditUnavailable(String::from("audit log stopped"))));
+            for w in waiters {
+                let _ = w.send(answer.clone());
+            }
+        });
+        return;
     }
+    log.append(events, waiters);
 }
 
 /// Queues `events` on the calling thread's batch; the receiver answers once they are durable.

@@ -627,3 +627,33 @@ fn every_proxied_request_is_audited_once_with_the_route_action_and_request_id() 
         assert_eq!(at_upstream.len(), 1, "{rid}: the upstream got the same request id once");
     }
 }
+
+/// With `audit.fsync`, requests that arrive together share an fsync (the syncer answers their
+/// batch once and the edge thread answers each of them): every one goes through, once its event
+/// is on disk, and is audited exactly once.
+#[test]
+fn with_fsync_requests_arriving_together_each_go_through_audited_once() {
+    let g = gateway_with(&[("PORTCULLIS_AUDIT__FSYNC", "true")], "", "pro", "editor");
+    let ids: Vec<String> = (0..48).map(|i| format!("fsync-burst-{i:04}")).collect();
+    std::thread::scope(|scope| {
+        for chunk in ids.chunks(6) {
+            let g = &g;
+            scope.spawn(move || {
+                for rid in chunk {
+                    let r =
+                        g.s.get("/up/burst").header("x-api-key", &g.key).header("x-request-id", rid).send().unwrap();
+                    assert_eq!(r.status(), 200, "{rid}");
+                }
+            });
+        }
+    });
+    let events = g.s.audit(&g.op, "action=conversation.send");
+    for rid in &ids {
+        let n = events.iter().filter(|e| e["request_id"] == rid.as_str()).count();
+        assert_eq!(n, 1, "{rid}: audited once");
+    }
+    assert_eq!(
+        g.up.seen().iter().filter(|s| s.header("x-request-id").is_some_and(|r| r.starts_with("fsync-burst-"))).count(),
+        48
+    );
+}
